@@ -1,0 +1,1 @@
+"""Audio: reading and decoding, resampling, the synthetic corpus, crops, augmentation, features."""

@@ -1,0 +1,189 @@
+"""Reading and writing audio files.
+
+wav and flac go through soundfile, which reads headers without decoding and seeks to a
+frame for partial reads. m4a/aac/mp4 go through PyAV (FFmpeg's decoders).
+
+Waveforms are float32 NumPy arrays: ``[time]`` for mono, ``[time, channels]`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from sv_kedro.utils.atomic import atomic_write_path
+
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg"}
+PYAV_SUFFIXES = {".m4a", ".aac", ".mp4", ".mp3", ".opus", ".webm"}
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | PYAV_SUFFIXES
+
+
+class AudioDecodeError(RuntimeError):
+    """An audio file could not be read; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says about it."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def _suffix(path: str | os.PathLike[str]) -> str:
+    return Path(path).suffix.lower()
+
+
+def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
+    """Read frame count, sample rate and channel count from the header, not the samples."""
+    path = os.fspath(path)
+    try:
+        if _suffix(path) in PYAV_SUFFIXES:
+            return _pyav_info(path)
+        info = sf.info(path)
+        return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
+                         channels=int(info.channels))
+    except AudioDecodeError:
+        raise
+    except Exception as exc:  # soundfile raises several types for bad headers
+        raise AudioDecodeError(f"{path}: cannot read audio header ({exc})") from exc
+
+
+def read_audio(
+    path: str | os.PathLike[str], offset: int = 0, frames: int = -1
+) -> tuple[np.ndarray, int]:
+    """Read ``frames`` samples starting at sample ``offset`` (all of them when -1).
+
+    For wav/flac only the requested frames are read from disk. Returns ``(waveform,
+    sample_rate)`` with waveform float32 ``[time]`` (mono) or ``[time, channels]``.
+    """
+    path = os.fspath(path)
+    if offset < 0:
+        raise ValueError(f"{path}: offset must be >= 0, got {offset}")
+    try:
+        if _suffix(path) in PYAV_SUFFIXES:
+            wave, rate = _pyav_read(path, offset, frames)
+        else:
+            with sf.SoundFile(path) as handle:
+                rate = handle.samplerate
+                if offset:
+                    handle.seek(min(offset, handle.frames))
+                wave = handle.read(frames=frames, dtype="float32", always_2d=True)
+    except AudioDecodeError:
+        raise
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
+    if wave.shape[1] == 1:
+        wave = wave[:, 0]
+    return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
+
+
+def write_audio(
+    path: str | os.PathLike[str], waveform: np.ndarray, sample_rate: int, subtype: str = "PCM_16"
+) -> None:
+    """Write ``waveform`` (``[time]`` or ``[time, channels]``) atomically; format from suffix."""
+    path = Path(path)
+    if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
+        raise ValueError(f"{path}: can only write {sorted(SOUNDFILE_SUFFIXES)}")
+    with atomic_write_path(path) as tmp:
+        sf.write(tmp, np.asarray(waveform), int(sample_rate), subtype=subtype,
+                 format=path.suffix.lstrip(".").upper())
+
+
+def to_mono(waveform: np.ndarray) -> np.ndarray:
+    """Average the channels of a ``[time, channels]`` waveform; pass ``[time]`` through."""
+    return waveform if waveform.ndim == 1 else waveform.mean(axis=1, dtype=np.float32)
+
+
+def resample(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling of a ``[time]`` or ``[time, channels]`` waveform."""
+    if orig_rate == new_rate:
+        return waveform
+    import torch
+    import torchaudio.functional as taf
+
+    tensor = torch.from_numpy(np.ascontiguousarray(waveform.T if waveform.ndim == 2 else waveform))
+    out = taf.resample(tensor, orig_rate, new_rate).numpy()
+    return np.ascontiguousarray(out.T if waveform.ndim == 2 else out, dtype=np.float32)
+
+
+def _pyav_info(path: str) -> AudioInfo:
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise AudioDecodeError(f"{path}: no audio stream")
+            stream = container.streams.audio[0]
+            rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+            channels = int(stream.codec_context.channels or 0)
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / 1_000_000
+            else:
+                seconds = 0.0
+            return AudioInfo(frames=round(seconds * rate), sample_rate=rate, channels=channels)
+    except AudioDecodeError:
+        raise
+    except Exception as exc:
+        raise AudioDecodeError(f"{path}: cannot read audio header ({exc})") from exc
+
+
+def _pyav_read(path: str, offset: int, frames: int) -> tuple[np.ndarray, int]:
+    """Decode with PyAV to float32 ``[time, channels]``; seek near ``offset`` first."""
+    import av
+
+    chunks: list[np.ndarray] = []
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise AudioDecodeError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        rate = int(stream.codec_context.sample_rate)
+        first = 0  # sample index of the first decoded sample
+        if offset > rate and stream.time_base is not None:
+            # Seek to a keyframe before the offset, then decode forward to it.
+            container.seek(int((offset / rate - 0.5) / stream.time_base), stream=stream,
+                           backward=True, any_frame=False)
+            first = None
+        wanted_end = offset + frames if frames >= 0 else None
+        decoded = 0
+        for frame in container.decode(stream):
+            if first is None:
+                first = round(float(frame.pts * stream.time_base) * rate) if frame.pts is not None else 0
+            array = frame.to_ndarray()
+            # Planar formats are [channels, time]; packed are [1, time * channels].
+            if frame.format.is_planar:
+                array = array.T
+            else:
+                array = array.reshape(-1, len(frame.layout.channels))
+            chunks.append(_to_float32(array))
+            decoded += array.shape[0]
+            if wanted_end is not None and first + decoded >= wanted_end:
+                break
+    if not chunks:
+        raise AudioDecodeError(f"{path}: decoded no audio frames")
+    wave = np.concatenate(chunks, axis=0)
+    start = max(0, offset - (first or 0))
+    stop = None if frames < 0 else start + frames
+    return wave[start:stop], rate
+
+
+def _to_float32(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.float32:
+        return array
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        scale = float(np.iinfo(array.dtype).max) + 1.0
+        return (array.astype(np.float32) / scale).astype(np.float32)
+    raise AudioDecodeError(f"unsupported sample format {array.dtype}")

@@ -1,0 +1,1 @@
+"""Clustering: k-means (faiss), agglomerative clustering of centroids, NMI and purity."""

@@ -1,0 +1,1 @@
+"""Corpora: sources (synthetic, folder, VoxCeleb), manifests, validation, trial lists, splits."""

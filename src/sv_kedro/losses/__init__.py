@@ -1,0 +1,1 @@
+"""Losses: CE, AAM softmax, pair BCE, CTC speaker loss, loss gate and label correction, L2-SP."""

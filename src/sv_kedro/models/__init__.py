@@ -1,0 +1,1 @@
+"""Speaker models: SSL encoders, pooling, MHFA, x-vector, ECAPA-TDNN, heads."""

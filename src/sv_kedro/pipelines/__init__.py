@@ -1,0 +1,1 @@
+"""One folder per Kedro pipeline: ``nodes.py`` (thin glue) and ``pipeline.py``."""

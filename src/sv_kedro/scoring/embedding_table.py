@@ -1,0 +1,99 @@
+"""``EmbeddingTable``: utterance ids and their vectors as one contiguous matrix.
+
+A dict of a million small tensors costs seconds to build and gigabytes of overhead; a
+``[n, dim]`` float32 matrix plus a key list is what scoring and clustering want anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class EmbeddingError(ValueError):
+    """Embeddings that cannot be used; the message names the offending keys."""
+
+
+@dataclass
+class EmbeddingTable(Mapping[str, np.ndarray]):
+    """Read-only mapping from utterance id to a row of ``vectors`` (``[n, dim]``).
+
+    ``vectors`` may be a memory-mapped array: nothing here copies it.
+    """
+
+    keys_: list[str]
+    vectors: np.ndarray
+    _index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2:
+            raise EmbeddingError(f"vectors must be [n, dim], got shape {self.vectors.shape}")
+        if len(self.keys_) != self.vectors.shape[0]:
+            raise EmbeddingError(
+                f"{len(self.keys_)} keys but {self.vectors.shape[0]} vectors"
+            )
+        self._index = {key: i for i, key in enumerate(self.keys_)}
+        if len(self._index) != len(self.keys_):
+            seen: set[str] = set()
+            dupes = [k for k in self.keys_ if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+            raise EmbeddingError(f"duplicate embedding keys: {dupes[:5]}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, object]) -> EmbeddingTable:
+        """Build from ``{utt_id: vector}`` (NumPy arrays or torch tensors)."""
+        keys = list(mapping.keys())
+        if not keys:
+            raise EmbeddingError("no embeddings given")
+        rows = [np.asarray(_to_numpy(mapping[k]), dtype=np.float32).reshape(-1) for k in keys]
+        dims = {row.shape[0] for row in rows}
+        if len(dims) != 1:
+            bad = [k for k, row in zip(keys, rows, strict=True) if row.shape[0] != rows[0].shape[0]]
+            raise EmbeddingError(f"embeddings differ in dimension {sorted(dims)}; e.g. {bad[:5]}")
+        return cls(keys, np.stack(rows))
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.vectors[self._index[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """Row indices of ``keys``; raises naming the keys that are missing."""
+        missing = [k for k in keys if k not in self._index]
+        if missing:
+            raise EmbeddingError(
+                f"{len(missing)} utterance(s) have no embedding, e.g. {missing[:5]}"
+            )
+        return np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
+
+    def check_finite(self) -> None:
+        """Raise naming the utterances whose vectors hold NaN or inf."""
+        bad = ~np.isfinite(self.vectors).all(axis=1)
+        if bad.any():
+            names = [self.keys_[i] for i in np.flatnonzero(bad)[:5]]
+            raise EmbeddingError(
+                f"{int(bad.sum())} embedding(s) contain NaN or inf, e.g. {names}"
+            )
+
+    def subset(self, keys: Sequence[str]) -> EmbeddingTable:
+        """A new table holding ``keys`` in that order."""
+        return EmbeddingTable(list(keys), np.asarray(self.vectors[self.rows(keys)]))
+
+
+def _to_numpy(value: object) -> np.ndarray:
+    detach = getattr(value, "detach", None)
+    if detach is not None:
+        return detach().cpu().float().numpy()
+    return np.asarray(value)

@@ -1,0 +1,112 @@
+"""Verification metrics: EER, minDCF and the DET curve.
+
+All three come from one sort of the scores and two cumulative sums, so they cost
+O(n log n) for n trials. Tied scores are grouped: a threshold sits between distinct
+score values only, which makes every figure exact when many scores are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ErrorRates:
+    """Miss and false-alarm rates at every distinct threshold, low to high.
+
+    ``thresholds[i]`` accepts a trial when ``score >= thresholds[i]``; the last entry is
+    ``+inf`` (reject everything). ``fnr`` rises and ``fpr`` falls along the arrays.
+    """
+
+    thresholds: np.ndarray
+    fnr: np.ndarray
+    fpr: np.ndarray
+
+
+def _validated(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in length")
+    if not np.all(np.isfinite(scores)):
+        bad = np.flatnonzero(~np.isfinite(scores))[:5].tolist()
+        raise ValueError(f"scores contain NaN or inf at trial indices {bad}")
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        raise ValueError("need at least one target and one non-target trial")
+    return scores, labels
+
+
+def error_rates(scores: np.ndarray, labels: np.ndarray) -> ErrorRates:
+    """Miss (FNR) and false-alarm (FPR) rates at each distinct score threshold."""
+    scores, labels = _validated(scores, labels)
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    sorted_labels = labels[order]
+    n_target = int(sorted_labels.sum())
+    n_nontarget = sorted_labels.size - n_target
+    # Index where each group of equal scores starts.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    targets_below = np.r_[0, np.cumsum(sorted_labels)]  # targets with index < i
+    nontargets_below = np.arange(sorted_labels.size + 1) - targets_below
+    cut = np.r_[starts, sorted_labels.size]  # reject everything below index cut
+    fnr = targets_below[cut] / n_target
+    fpr = (n_nontarget - nontargets_below[cut]) / n_nontarget
+    thresholds = np.r_[sorted_scores[starts], np.inf]
+    return ErrorRates(thresholds=thresholds, fnr=fnr, fpr=fpr)
+
+
+def compute_eer(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Equal error rate in [0, 1], linearly interpolated where FNR crosses FPR."""
+    rates = error_rates(scores, labels)
+    return _eer_from_rates(rates.fnr, rates.fpr)
+
+
+def _eer_from_rates(fnr: np.ndarray, fpr: np.ndarray) -> float:
+    diff = fnr - fpr  # rises from <= 0 to >= 0
+    idx = int(np.searchsorted(diff, 0.0, side="left"))
+    if idx == 0:
+        return float((fnr[0] + fpr[0]) / 2)
+    if idx >= diff.size:
+        return float((fnr[-1] + fpr[-1]) / 2)
+    if diff[idx] == 0.0:
+        return float(fnr[idx])
+    # Crossing between idx-1 (diff < 0) and idx (diff > 0): intersect the two segments.
+    d0, d1 = diff[idx - 1], diff[idx]
+    t = d0 / (d0 - d1)
+    return float(fnr[idx - 1] + t * (fnr[idx] - fnr[idx - 1]))
+
+
+def compute_min_dcf(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> float:
+    """Minimum normalised detection cost over all thresholds (NIST SRE definition)."""
+    rates = error_rates(scores, labels)
+    return _min_dcf_from_rates(rates.fnr, rates.fpr, p_target, c_miss, c_fa)
+
+
+def _min_dcf_from_rates(
+    fnr: np.ndarray, fpr: np.ndarray, p_target: float, c_miss: float, c_fa: float
+) -> float:
+    cost = c_miss * p_target * fnr + c_fa * (1.0 - p_target) * fpr
+    default = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    return float(cost.min() / default)
+
+
+def verification_metrics(
+    scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05)
+) -> dict[str, float]:
+    """EER and minDCF at each ``p_target`` from a single sort: ``{"eer", "min_dcf_0.01", ...}``."""
+    rates = error_rates(scores, labels)
+    result = {"eer": _eer_from_rates(rates.fnr, rates.fpr)}
+    for p_target in p_targets:
+        result[f"min_dcf_{p_target:g}"] = _min_dcf_from_rates(rates.fnr, rates.fpr, p_target, 1, 1)
+    result["n_trials"] = int(np.asarray(labels).size)
+    result["n_targets"] = int(np.asarray(labels).astype(bool).sum())
+    return result

@@ -1,0 +1,97 @@
+"""The VoxCeleb trial-list format: ``label enrol test`` or ``enrol test`` per line.
+
+``label`` is 1 (same speaker) or 0; utterances are ids relative to the corpus root, e.g.
+``id10270/x6uYqmx31kE/00001.wav``. As a DataFrame: columns ``label`` (nullable Int8),
+``enrol`` and ``test``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from sv_kedro.utils.atomic import atomic_write_path
+
+TRIAL_COLUMNS = ["label", "enrol", "test"]
+
+
+class TrialListError(ValueError):
+    """A malformed trial list; the message names the source and line number."""
+
+
+def parse_trial_lines(lines: Iterable[str], source: str = "<trials>") -> pd.DataFrame:
+    """Parse trial lines; every line must have the same form (with or without labels)."""
+    labels: list[int] = []
+    enrol: list[str] = []
+    test: list[str] = []
+    has_label: bool | None = None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) == 3:
+            if fields[0] not in ("0", "1"):
+                raise TrialListError(
+                    f"{source}:{number}: label must be 0 or 1, got {fields[0]!r} in {line!r}"
+                )
+            line_has_label = True
+        elif len(fields) == 2:
+            line_has_label = False
+        else:
+            raise TrialListError(
+                f"{source}:{number}: expected 'label enrol test' or 'enrol test', "
+                f"got {len(fields)} field(s) in {line!r}"
+            )
+        if has_label is None:
+            has_label = line_has_label
+        elif has_label != line_has_label:
+            raise TrialListError(
+                f"{source}:{number}: mixes labelled and unlabelled trials ({line!r})"
+            )
+        if line_has_label:
+            labels.append(int(fields[0]))
+        enrol.append(fields[-2])
+        test.append(fields[-1])
+    if not enrol:
+        raise TrialListError(f"{source}: no trials")
+    label_values = labels if has_label else [pd.NA] * len(enrol)
+    return pd.DataFrame(
+        {
+            "label": pd.array(label_values, dtype="Int8"),
+            "enrol": pd.array(enrol, dtype="string"),
+            "test": pd.array(test, dtype="string"),
+        }
+    )
+
+
+def read_trial_list(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a trial-list file; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrialListError(f"{path}: trial list not found")
+    with path.open(encoding="utf-8-sig") as handle:
+        return parse_trial_lines(handle, source=str(path))
+
+
+def format_trial_lines(trials: pd.DataFrame) -> list[str]:
+    """Lines of a trials DataFrame; the label column is written when it has no gaps."""
+    missing = [c for c in ("enrol", "test") if c not in trials.columns]
+    if missing:
+        raise TrialListError(f"trials DataFrame lacks column(s) {missing}")
+    with_label = "label" in trials.columns and not trials["label"].isna().any()
+    if with_label:
+        return [
+            f"{int(lab)} {e} {t}"
+            for lab, e, t in zip(trials["label"], trials["enrol"], trials["test"], strict=True)
+        ]
+    return [f"{e} {t}" for e, t in zip(trials["enrol"], trials["test"], strict=True)]
+
+
+def write_trial_list(trials: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a trials DataFrame atomically in the VoxCeleb format."""
+    with atomic_write_path(path) as tmp:
+        tmp.write_text("\n".join(format_trial_lines(trials)) + "\n", encoding="utf-8")

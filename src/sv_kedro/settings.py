@@ -1,0 +1,12 @@
+"""Project settings: https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
+
+from kedro.config import OmegaConfigLoader
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # An environment overrides single keys of a parameter section, not the whole section:
+    # conf/voxceleb only lists what differs from conf/base.
+    "merge_strategy": {"parameters": "soft", "catalog": "soft"},
+}

@@ -1,0 +1,1 @@
+"""Training: loop, optimisers and schedules, checkpoints, DDP launcher, LR finder."""
