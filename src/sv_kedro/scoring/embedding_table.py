@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 
 class EmbeddingError(ValueError):
@@ -26,14 +27,13 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
     keys_: list[str]
     vectors: np.ndarray
     _index: dict[str, int] = field(init=False, repr=False)
+    _pd_index: pd.Index | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2:
             raise EmbeddingError(f"vectors must be [n, dim], got shape {self.vectors.shape}")
         if len(self.keys_) != self.vectors.shape[0]:
-            raise EmbeddingError(
-                f"{len(self.keys_)} keys but {self.vectors.shape[0]} vectors"
-            )
+            raise EmbeddingError(f"{len(self.keys_)} keys but {self.vectors.shape[0]} vectors")
         self._index = {key: i for i, key in enumerate(self.keys_)}
         if len(self._index) != len(self.keys_):
             seen: set[str] = set()
@@ -52,6 +52,13 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
             bad = [k for k, row in zip(keys, rows, strict=True) if row.shape[0] != rows[0].shape[0]]
             raise EmbeddingError(f"embeddings differ in dimension {sorted(dims)}; e.g. {bad[:5]}")
         return cls(keys, np.stack(rows))
+
+    @property
+    def index(self) -> pd.Index:
+        """The keys as a ``pandas.Index`` (built once), for vectorised lookups."""
+        if self._pd_index is None:
+            self._pd_index = pd.Index(self.keys_)
+        return self._pd_index
 
     @property
     def dim(self) -> int:
@@ -83,9 +90,7 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
         bad = ~np.isfinite(self.vectors).all(axis=1)
         if bad.any():
             names = [self.keys_[i] for i in np.flatnonzero(bad)[:5]]
-            raise EmbeddingError(
-                f"{int(bad.sum())} embedding(s) contain NaN or inf, e.g. {names}"
-            )
+            raise EmbeddingError(f"{int(bad.sum())} embedding(s) contain NaN or inf, e.g. {names}")
 
     def subset(self, keys: Sequence[str]) -> EmbeddingTable:
         """A new table holding ``keys`` in that order."""

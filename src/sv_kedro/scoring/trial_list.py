@@ -62,8 +62,10 @@ def parse_trial_lines(lines: Iterable[str], source: str = "<trials>") -> pd.Data
     return pd.DataFrame(
         {
             "label": pd.array(label_values, dtype="Int8"),
-            "enrol": pd.array(enrol, dtype="string"),
-            "test": pd.array(test, dtype="string"),
+            # Categorical: each utterance is stored and hashed once however many
+            # trials name it (VoxCeleb1-E/H name each utterance dozens of times).
+            "enrol": pd.Categorical(enrol),
+            "test": pd.Categorical(test),
         }
     )
 

@@ -1,0 +1,136 @@
+"""Cosine, AS-norm, LDA and PLDA back-ends against direct computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import multivariate_normal
+
+from sv_kedro.scoring.asnorm import as_norm_scores, cohort_statistics, speaker_cohort
+from sv_kedro.scoring.cosine import cosine_scores, fuse_scores
+from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+from sv_kedro.scoring.metrics import compute_eer
+from sv_kedro.scoring.plda import LDA, TwoCovariancePLDA, lda_plda_pipeline_fit, plda_scores
+
+
+def speaker_data(n_speakers=30, per_speaker=8, dim=16, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_speakers, dim)) * 2
+    labels = np.repeat(np.arange(n_speakers), per_speaker)
+    vectors = centres[labels] + spread * rng.normal(size=(len(labels), dim))
+    keys = [f"spk{s:03d}/utt{i:03d}.wav" for s, i in zip(labels, range(len(labels)), strict=True)]
+    return EmbeddingTable(keys, vectors.astype(np.float32)), labels
+
+
+def all_trials(table, labels, n=600, seed=1):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(table), n)
+    b = rng.integers(0, len(table), n)
+    keep = a != b
+    return pd.DataFrame(
+        {
+            "label": (labels[a] == labels[b])[keep].astype(int),
+            "enrol": np.array(table.keys_)[a[keep]],
+            "test": np.array(table.keys_)[b[keep]],
+        }
+    )
+
+
+def test_cosine_scores_equal_direct_cosine_and_chunking_is_invisible():
+    table, labels = speaker_data()
+    trials = all_trials(table, labels)
+    direct = [
+        float(np.dot(table[e], table[t]) / np.linalg.norm(table[e]) / np.linalg.norm(table[t]))
+        for e, t in zip(trials.enrol, trials.test, strict=True)
+    ]
+    np.testing.assert_allclose(cosine_scores(table, trials), direct, atol=1e-6)
+    np.testing.assert_allclose(cosine_scores(table, trials, chunk=7), direct, atol=1e-6)
+
+
+def test_missing_utterance_and_nan_are_named():
+    table, labels = speaker_data()
+    trials = all_trials(table, labels).head(3).copy()
+    trials.loc[1, "test"] = "nobody/missing.wav"
+    with pytest.raises(EmbeddingError, match="nobody/missing.wav"):
+        cosine_scores(table, trials)
+    vectors = table.vectors.copy()
+    vectors[5, 0] = np.nan
+    bad = EmbeddingTable(table.keys_, vectors)
+    trials = pd.DataFrame({"label": [1], "enrol": [table.keys_[5]], "test": [table.keys_[6]]})
+    with pytest.raises(EmbeddingError, match=table.keys_[5]):
+        cosine_scores(bad, trials)
+
+
+def test_fusion_is_weighted_mean():
+    np.testing.assert_allclose(fuse_scores([np.array([0.0, 1.0]), np.array([1.0, 3.0])]), [0.5, 2])
+    with pytest.raises(ValueError, match="differ in length"):
+        fuse_scores([np.zeros(2), np.zeros(3)])
+
+
+def test_as_norm_matches_naive_formula():
+    table, labels = speaker_data(seed=3)
+    trials = all_trials(table, labels, n=50)
+    cohort_table, cohort_labels = speaker_data(n_speakers=40, seed=4)
+    speakers = pd.Series(cohort_labels.astype(str), index=cohort_table.keys_)
+    cohort = speaker_cohort(cohort_table, speakers)
+    assert cohort.shape == (40, 16)
+    raw = cosine_scores(table, trials)
+    normed = as_norm_scores(raw, table, trials, cohort, top_n=10, chunk=3)
+
+    def stats(vec):
+        s = cohort @ (vec / np.linalg.norm(vec))
+        top = np.sort(s)[-10:]
+        return top.mean(), top.std()
+
+    for i, (e, t) in enumerate(zip(trials.enrol, trials.test, strict=True)):
+        me, se = stats(table[e])
+        mt, st = stats(table[t])
+        expected = 0.5 * ((raw[i] - me) / se + (raw[i] - mt) / st)
+        assert normed[i] == pytest.approx(expected, abs=1e-5)
+
+
+def test_cohort_statistics_top_n_capped_by_cohort_size():
+    rng = np.random.default_rng(0)
+    mean, std = cohort_statistics(rng.normal(size=(5, 8)), rng.normal(size=(3, 8)), top_n=300)
+    assert mean.shape == (5,) and np.all(std >= 0)
+
+
+def test_plda_llr_equals_gaussian_likelihood_ratio():
+    rng = np.random.default_rng(5)
+    dim = 4
+    a = rng.normal(size=(dim, dim))
+    between = a @ a.T + np.eye(dim)
+    w = rng.normal(size=(dim, dim))
+    within = 0.5 * w @ w.T + 0.5 * np.eye(dim)
+    plda = TwoCovariancePLDA(mean=np.zeros(dim), between=between, within=within)
+    x = rng.normal(size=(6, dim)).astype(np.float32)
+    table = EmbeddingTable([f"u{i}" for i in range(6)], x)
+    trials = pd.DataFrame({"enrol": ["u0", "u1", "u2"], "test": ["u3", "u4", "u5"]})
+    got = plda.score_trials(table, trials)
+    total = between + within
+    same = np.block([[total, between], [between, total]])
+    diff = np.block([[total, np.zeros_like(total)], [np.zeros_like(total), total]])
+    expected = []
+    for e, t in [(0, 3), (1, 4), (2, 5)]:
+        z = np.r_[x[e], x[t]].astype(np.float64)
+        expected.append(
+            multivariate_normal(np.zeros(2 * dim), same).logpdf(z)
+            - multivariate_normal(np.zeros(2 * dim), diff).logpdf(z)
+        )
+    offset = np.mean(np.array(expected) - got)
+    np.testing.assert_allclose(got + offset, expected, atol=1e-6)
+
+
+def test_lda_plda_separates_speakers_better_than_chance_and_lda_reduces_dim():
+    table, labels = speaker_data(n_speakers=40, per_speaker=10, dim=24, spread=1.5, seed=11)
+    lda = LDA.fit(table.vectors, labels, dim=8)
+    assert lda.transform(table.vectors).shape == (400, 8)
+    test_table, test_labels = speaker_data(
+        n_speakers=20, per_speaker=6, dim=24, spread=1.5, seed=12
+    )
+    trials = all_trials(test_table, test_labels, n=2000)
+    lda, plda = lda_plda_pipeline_fit(table.vectors, labels, lda_dim=16)
+    scores = plda_scores(test_table, trials, lda, plda)
+    eer = compute_eer(scores, trials["label"].to_numpy())
+    assert eer < 0.25
