@@ -52,7 +52,7 @@ def test_missing_utterance_and_nan_are_named():
     table, labels = speaker_data()
     trials = all_trials(table, labels).head(3).copy()
     trials.loc[1, "test"] = "nobody/missing.wav"
-    with pytest.raises(EmbeddingError, match="nobody/missing.wav"):
+    with pytest.raises(EmbeddingError, match=r"nobody/missing\.wav"):
         cosine_scores(table, trials)
     vectors = table.vectors.copy()
     vectors[5, 0] = np.nan
