@@ -49,9 +49,13 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     try:
         if _suffix(path) in PYAV_SUFFIXES:
             return _pyav_info(path)
-        info = sf.info(path)
-        return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate),
-                         channels=int(info.channels))
+        # SoundFile reads the header only; sf.info() also formats a description we don't use.
+        with sf.SoundFile(path) as handle:
+            return AudioInfo(
+                frames=int(handle.frames),
+                sample_rate=int(handle.samplerate),
+                channels=int(handle.channels),
+            )
     except AudioDecodeError:
         raise
     except Exception as exc:  # soundfile raises several types for bad headers
@@ -95,8 +99,13 @@ def write_audio(
     if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
         raise ValueError(f"{path}: can only write {sorted(SOUNDFILE_SUFFIXES)}")
     with atomic_write_path(path) as tmp:
-        sf.write(tmp, np.asarray(waveform), int(sample_rate), subtype=subtype,
-                 format=path.suffix.lstrip(".").upper())
+        sf.write(
+            tmp,
+            np.asarray(waveform),
+            int(sample_rate),
+            subtype=subtype,
+            format=path.suffix.lstrip(".").upper(),
+        )
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:
@@ -152,14 +161,22 @@ def _pyav_read(path: str, offset: int, frames: int) -> tuple[np.ndarray, int]:
         first = 0  # sample index of the first decoded sample
         if offset > rate and stream.time_base is not None:
             # Seek to a keyframe before the offset, then decode forward to it.
-            container.seek(int((offset / rate - 0.5) / stream.time_base), stream=stream,
-                           backward=True, any_frame=False)
+            container.seek(
+                int((offset / rate - 0.5) / stream.time_base),
+                stream=stream,
+                backward=True,
+                any_frame=False,
+            )
             first = None
         wanted_end = offset + frames if frames >= 0 else None
         decoded = 0
         for frame in container.decode(stream):
             if first is None:
-                first = round(float(frame.pts * stream.time_base) * rate) if frame.pts is not None else 0
+                first = (
+                    round(float(frame.pts * stream.time_base) * rate)
+                    if frame.pts is not None
+                    else 0
+                )
             array = frame.to_ndarray()
             # Planar formats are [channels, time]; packed are [1, time * channels].
             if frame.format.is_planar:
