@@ -87,6 +87,10 @@ class L2SPRegularizer(nn.Module):
     def parameter_names(self) -> list[str]:
         return list(self._names)
 
+    def reference_items(self) -> list[tuple[str, Tensor]]:
+        """``(parameter name, reference value w₀)`` pairs, e.g. to save for an exact resume."""
+        return [(name, getattr(self, self._buffer_name(name))) for name in self.parameter_names]
+
     def penalty(self) -> Tensor:
         """``R = Σ‖w − w₀‖²`` (scalar, float32, differentiable w.r.t. the parameters)."""
         parameters = dict(self._target.named_parameters())

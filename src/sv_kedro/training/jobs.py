@@ -104,7 +104,9 @@ def run_training_worker(job: TrainingJob) -> dict[str, Any]:
             validate_fn=validate_fn,
             ctx=ctx,
             architecture=job.architecture,
-            model_config=job.model_config,
+            # A builder may attach the config that rebuilds the model offline (e.g. with
+            # the encoder's transformers config inline instead of a hub id).
+            model_config=getattr(model, "checkpoint_config", None) or job.model_config,
         )
         return {
             "last_checkpoint": str(result.last_checkpoint_path),

@@ -1,0 +1,200 @@
+"""Evaluation nodes: embed, score every trial set with every back-end, compare systems."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sv_kedro.api import model_from_checkpoint
+from sv_kedro.scoring.asnorm import as_norm_scores, speaker_cohort
+from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
+from sv_kedro.scoring.embedding_table import EmbeddingTable
+from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
+from sv_kedro.scoring.metrics import verification_metrics
+from sv_kedro.scoring.plda import lda_plda_pipeline_fit, plda_scores
+from sv_kedro.scoring.plots import det_curve_figure, score_histogram_figure
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("cosine", "cosine_crops", "fusion", "asnorm", "plda")
+
+
+def _extraction_config(params: Mapping[str, Any]) -> tuple[ExtractionConfig, str | None]:
+    options = dict(params)
+    cache_dir = options.pop("cache_dir", None)
+    return ExtractionConfig(**options), cache_dir
+
+
+def embed_test_utterances(
+    checkpoint: dict[str, Any], test_manifest: pd.DataFrame, extraction: dict[str, Any]
+) -> tuple[EmbeddingTable, EmbeddingTable]:
+    """Full-utterance and mean-crop embeddings of every test utterance."""
+    config, cache_dir = _extraction_config(extraction)
+    result = extract_embeddings(model_from_checkpoint(checkpoint), test_manifest, config, cache_dir)
+    if result.crops is None:
+        raise ValueError("evaluation.extraction.n_crops must be >= 1 (crop and fused scores)")
+    return result.full, result.crops
+
+
+def embed_cohort_utterances(
+    checkpoint: dict[str, Any],
+    train_manifest: pd.DataFrame,
+    extraction: dict[str, Any],
+    scoring: dict[str, Any],
+) -> EmbeddingTable:
+    """Full-utterance embeddings of (at most ``cohort_utts_per_speaker`` per speaker)
+    training utterances: the AS-norm cohort and the LDA/PLDA training set."""
+    per_speaker = int(scoring.get("cohort_utts_per_speaker", 20))
+    subset = (
+        train_manifest.sort_values("utt_id")
+        .groupby("speaker", sort=True, group_keys=False)
+        .head(per_speaker)
+        .reset_index(drop=True)
+    )
+    config, cache_dir = _extraction_config({**extraction, "n_crops": 0})
+    return extract_embeddings(model_from_checkpoint(checkpoint), subset, config, cache_dir).full
+
+
+def _trial_sets(
+    test_trials: pd.DataFrame, trial_lists: Mapping[str, Callable[[], pd.DataFrame]] | None
+) -> dict[str, pd.DataFrame]:
+    sets = {"test": test_trials}
+    for name, load in sorted((trial_lists or {}).items()):
+        trials = load() if callable(load) else load
+        if not trials.equals(test_trials):
+            sets[name] = trials
+    return sets
+
+
+def _backend_scores(
+    trials: pd.DataFrame,
+    full: EmbeddingTable,
+    crops: EmbeddingTable,
+    cohort: EmbeddingTable,
+    train_manifest: pd.DataFrame,
+    scoring: Mapping[str, Any],
+) -> dict[str, np.ndarray]:
+    wanted = list(scoring.get("backends", BACKENDS))
+    unknown = sorted(set(wanted) - set(BACKENDS))
+    if unknown:
+        raise ValueError(f"evaluation.scoring.backends: unknown {unknown}; choose from {BACKENDS}")
+    scores: dict[str, np.ndarray] = {"cosine": cosine_scores(full, trials)}
+    enrol, test = trial_rows(crops, trials)
+    # Crop vectors are means of unit vectors: their dot product is the mean crop-pair cosine.
+    scores["cosine_crops"] = paired_dot(crops.vectors, crops.vectors, enrol, test)
+    scores["fusion"] = fuse_scores([scores["cosine"], scores["cosine_crops"]])
+    speakers = train_manifest.set_index("utt_id")["speaker"].astype(str)
+    if "asnorm" in wanted:
+        cohort_vectors = speaker_cohort(cohort, speakers)
+        fused_table = _fused_table(full, crops)
+        scores["asnorm"] = as_norm_scores(
+            scores["fusion"], fused_table, trials, cohort_vectors, int(scoring.get("top_n", 300))
+        )
+    if "plda" in wanted:
+        labels = speakers.reindex(cohort.keys_).to_numpy()
+        lda_dim = scoring.get("lda_dim")
+        n_speakers = len(pd.unique(labels))
+        if lda_dim:
+            lda_dim = min(int(lda_dim), n_speakers - 1, full.dim)
+        lda, plda = lda_plda_pipeline_fit(np.asarray(cohort.vectors), labels, lda_dim)
+        scores["plda"] = plda_scores(full, trials, lda, plda)
+    return {name: scores[name] for name in wanted}
+
+
+def _fused_table(full: EmbeddingTable, crops: EmbeddingTable) -> EmbeddingTable:
+    """Unit full vector plus mean crop vector: cohort statistics for the fused score."""
+    unit = full.vectors / np.linalg.norm(full.vectors, axis=1, keepdims=True).clip(1e-12)
+    return EmbeddingTable(full.keys_, ((unit + crops.vectors) / 2).astype(np.float32))
+
+
+def score_trial_sets(
+    test_embeddings: EmbeddingTable,
+    test_crop_embeddings: EmbeddingTable,
+    cohort_embeddings: EmbeddingTable,
+    train_manifest: pd.DataFrame,
+    test_trials: pd.DataFrame,
+    trial_lists: Mapping[str, Callable[[], pd.DataFrame]] | None,
+    scoring: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any], Figure]:
+    """Scores (one row per trial and back-end column), metrics and a score histogram."""
+    rows = []
+    metrics: dict[str, Any] = {}
+    for set_name, trials in _trial_sets(test_trials, trial_lists).items():
+        if trials["label"].isna().any():
+            raise ValueError(f"trial set {set_name!r} has unlabelled trials; cannot compute EER")
+        labels = trials["label"].to_numpy(dtype=int)
+        by_backend = _backend_scores(
+            trials,
+            test_embeddings,
+            test_crop_embeddings,
+            cohort_embeddings,
+            train_manifest,
+            scoring,
+        )
+        frame = pd.DataFrame(
+            {
+                "trial_set": set_name,
+                "label": labels,
+                "enrol": trials["enrol"].astype(str).to_numpy(),
+                "test": trials["test"].astype(str).to_numpy(),
+            }
+        )
+        for backend, values in by_backend.items():
+            frame[backend] = values
+            metrics.setdefault(set_name, {})[backend] = verification_metrics(values, labels)
+        rows.append(frame)
+    scores = pd.concat(rows, ignore_index=True)
+    main_backend = scoring.get("main_backend", "fusion")
+    main = scores[scores.trial_set == "test"]
+    figure = score_histogram_figure(
+        main[main_backend].to_numpy(), main["label"].to_numpy(), title=f"{main_backend} scores"
+    )
+    return scores, metrics, figure
+
+
+def compare_systems(
+    comparison: dict[str, Any], **system_outputs: Any
+) -> tuple[pd.DataFrame, str, Figure]:
+    """One table of EER and both minDCFs per system, trial set and back-end, and one DET plot.
+
+    ``system_outputs`` holds ``<system>__metrics`` (dicts) and ``<system>__scores``
+    (DataFrames) for every evaluated system.
+    """
+    main_backend = comparison.get("main_backend", "fusion")
+    rows = []
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    systems = sorted({key.rsplit("__", 1)[0] for key in system_outputs})
+    for system in systems:
+        metrics = system_outputs[f"{system}__metrics"]
+        for trial_set, by_backend in metrics.items():
+            for backend, values in by_backend.items():
+                rows.append(
+                    {
+                        "system": system,
+                        "trial_set": trial_set,
+                        "backend": backend,
+                        "eer_percent": round(100 * values["eer"], 3),
+                        "min_dcf_0.01": round(values["min_dcf_0.01"], 4),
+                        "min_dcf_0.05": round(values["min_dcf_0.05"], 4),
+                        "n_trials": values["n_trials"],
+                    }
+                )
+        scores = system_outputs[f"{system}__scores"]
+        main = scores[scores.trial_set == "test"]
+        if main_backend in main:
+            curves[system] = (main[main_backend].to_numpy(), main["label"].to_numpy())
+    table = pd.DataFrame(rows).sort_values(["trial_set", "backend", "eer_percent"])
+    table = table.reset_index(drop=True)
+    return table, _markdown(table), det_curve_figure(curves, title=f"DET ({main_backend})")
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(["# System comparison", "", header, rule, *lines, ""])

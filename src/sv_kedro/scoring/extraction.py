@@ -1,0 +1,186 @@
+"""Embedding extraction: the full utterance plus N evenly spaced crops, in length buckets.
+
+For every manifest utterance the model embeds (see ``audio.crops.evaluation_inputs``):
+
+- ``full``: the whole utterance (capped at ``max_seconds``), batched with utterances of
+  similar length and a padding mask, never one by one;
+- ``crops``: ``n_crops`` crops of ``crop_seconds``; the utterance's crop vector is the mean
+  of its L2-normalised crop embeddings, so the dot product of two crop vectors is the
+  mean cosine over all crop pairs (the paper's crop score).
+
+Extraction resumes: finished batches are written to ``cache_dir`` as they complete, and a
+re-run with the same model and inputs loads them instead of recomputing. With
+``world_size > 1`` each rank embeds a disjoint share of the batches; every rank's parts
+land in the same cache, and the merged result is read back from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sv_kedro.scoring.embedding_table import EmbeddingTable
+from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
+from sv_kedro.utils.atomic import atomic_write_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How utterances are cut and batched; all of it is part of the cache fingerprint."""
+
+    n_crops: int = 5
+    crop_seconds: float = 4.0
+    max_seconds: float | None = 20.0
+    max_batch_seconds: float = 120.0
+    max_batch_size: int = 64
+    num_workers: int = 0
+    sample_rate: int = 16000
+    device: str = "auto"
+
+
+@dataclass
+class ExtractedEmbeddings:
+    """``full``: one vector per utterance; ``crops``: mean normalised crop vector, or None."""
+
+    full: EmbeddingTable
+    crops: EmbeddingTable | None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: ExtractionConfig) -> str:
+    """A digest of the weights, the utterance list and the extraction settings."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).numpy().tobytes()[:4096])
+        digest.update(str(float(tensor.detach().float().sum())).encode())
+    digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
+    digest.update(json.dumps(asdict(config), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _embed_batch(
+    model: nn.Module, batch: dict, device: torch.device, n_crops: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    waves = batch["waves"].to(device)
+    lengths = batch["lengths"].to(device)
+    full = model.embed(waves, lengths).float().cpu().numpy()
+    if n_crops == 0:
+        return full, None
+    crops = batch["crops"].to(device)  # [B, n_crops, L]
+    flat = model.embed(crops.reshape(-1, crops.shape[-1])).float()
+    flat = torch.nn.functional.normalize(flat, dim=-1)
+    return full, flat.reshape(crops.shape[0], n_crops, -1).mean(dim=1).cpu().numpy()
+
+
+def _load_parts(cache: Path) -> Iterator[dict[str, np.ndarray]]:
+    for part in sorted(cache.glob("part-*.npz")):
+        with np.load(part) as data:
+            yield {key: data[key] for key in data.files}
+
+
+def extract_embeddings(
+    model: nn.Module,
+    manifest: pd.DataFrame,
+    config: ExtractionConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> ExtractedEmbeddings:
+    """Embed every utterance of ``manifest`` (columns ``utt_id``, ``path``, ``duration``).
+
+    Returns tables keyed by ``utt_id`` in manifest order. ``model`` must provide
+    ``embed(waves [B, T], lengths [B] | None) -> [B, E]``.
+    """
+    config = config or ExtractionConfig()
+    if manifest.empty:
+        raise ValueError("extract_embeddings: the manifest is empty")
+    device = _device(config.device)
+    model = model.to(device)
+    dataset = EvaluationDataset(
+        manifest, config.n_crops, config.crop_seconds, config.max_seconds, config.sample_rate
+    )
+    batches = bucket_by_length(dataset.durations, config.max_batch_seconds, config.max_batch_size)
+    cache = None
+    done: set[int] = set()
+    if cache_dir is not None:
+        cache = Path(cache_dir) / model_fingerprint(model, manifest, config)
+        cache.mkdir(parents=True, exist_ok=True)
+        done = {int(i) for part in _load_parts(cache) for i in part["indices"]}
+    mine = [
+        (number, batch)
+        for number, batch in enumerate(batches)
+        if number % world_size == rank and not done.issuperset(batch)
+    ]
+    if done:
+        log.info(
+            "Resuming extraction: %d of %d utterances already embedded", len(done), len(dataset)
+        )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[batch for _, batch in mine],
+        collate_fn=collate_evaluation,
+        num_workers=config.num_workers,
+    )
+    n_utts = len(dataset)
+    full_rows: dict[int, np.ndarray] = {}
+    crop_rows: dict[int, np.ndarray] = {}
+    bar = tqdm(
+        total=sum(len(b) for _, b in mine), desc="embedding", disable=not progress, unit="utt"
+    )
+    for (number, _), batch in zip(mine, loader, strict=True):
+        full, crops = _embed_batch(model, batch, device, config.n_crops)
+        indices = batch["indices"].numpy()
+        if cache is not None:
+            arrays = {"indices": indices, "full": full}
+            if crops is not None:
+                arrays["crops"] = crops
+            with atomic_write_path(cache / f"part-{number:07d}.npz") as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **arrays)
+        for row, index in enumerate(indices):
+            full_rows[int(index)] = full[row]
+            if crops is not None:
+                crop_rows[int(index)] = crops[row]
+        bar.update(len(indices))
+    bar.close()
+    if cache is not None:
+        for part in _load_parts(cache):
+            for row, index in enumerate(part["indices"]):
+                full_rows.setdefault(int(index), part["full"][row])
+                if "crops" in part:
+                    crop_rows.setdefault(int(index), part["crops"][row])
+    missing = [dataset.utt_ids[i] for i in range(n_utts) if i not in full_rows]
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} utterance(s) were not embedded (other ranks still running?), "
+            f"e.g. {missing[:5]}"
+        )
+    keys = dataset.utt_ids
+    full_table = EmbeddingTable(keys, np.stack([full_rows[i] for i in range(n_utts)]))
+    crop_table = (
+        EmbeddingTable(keys, np.stack([crop_rows[i] for i in range(n_utts)]))
+        if config.n_crops
+        else None
+    )
+    return ExtractedEmbeddings(full=full_table, crops=crop_table)
