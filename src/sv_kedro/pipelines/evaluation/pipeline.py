@@ -55,8 +55,12 @@ def system_evaluation_template() -> Pipeline:
     )
 
 
-def create_pipeline(systems: Sequence[str] = ()) -> Pipeline:
-    """Evaluate each of ``systems`` and compare them in one table and DET plot."""
+def create_pipeline(systems: Sequence[str] = (), comparison: str = "comparison") -> Pipeline:
+    """Evaluate each of ``systems`` and compare them in one table and DET plot.
+
+    The comparison's outputs are ``<comparison>_table``, ``<comparison>_markdown`` and
+    ``<comparison>_det_plot``, so several pipelines can each compare their own systems.
+    """
     if not systems:
         return Pipeline([])
     evaluations = [
@@ -75,7 +79,7 @@ def create_pipeline(systems: Sequence[str] = ()) -> Pipeline:
     compare = node(
         nodes.compare_systems,
         inputs=comparison_inputs,
-        outputs=["comparison_table", "comparison_markdown", "det_plot"],
-        name="compare_systems",
+        outputs=[f"{comparison}_table", f"{comparison}_markdown", f"{comparison}_det_plot"],
+        name=f"compare_systems_in_{comparison}",
     )
     return sum(evaluations, Pipeline([])) + Pipeline([compare])
