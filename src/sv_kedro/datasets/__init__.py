@@ -1,1 +1,19 @@
-"""Kedro datasets: audio, embeddings, checkpoints, trial lists (each with a kedro-viz preview)."""
+"""Kedro datasets: audio, embeddings, checkpoints, trial lists (each with a kedro-viz preview).
+
+Use them in the catalog by their full path, e.g. ``type: sv_kedro.datasets.AudioDataset``.
+"""
+
+from __future__ import annotations
+
+from sv_kedro.datasets.audio_dataset import AudioDataset
+from sv_kedro.datasets.checkpoint_dataset import CheckpointDataset
+from sv_kedro.datasets.embeddings_dataset import EmbeddingsDataset, table_from_vectors
+from sv_kedro.datasets.trials_dataset import TrialsDataset
+
+__all__ = [
+    "AudioDataset",
+    "CheckpointDataset",
+    "EmbeddingsDataset",
+    "TrialsDataset",
+    "table_from_vectors",
+]

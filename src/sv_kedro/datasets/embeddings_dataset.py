@@ -1,0 +1,396 @@
+"""``EmbeddingsDataset``: utterance id -> speaker embedding, loaded as an ``EmbeddingTable``.
+
+Two on-disk formats:
+
+``pt``
+    What external SSL toolkits publish: ``torch.save({utt_id: Tensor[dim]})``, keys like
+    ``id00012/21Uxsk56VDQ/00001.wav``. Read with ``torch.load(weights_only=True)`` only.
+    Convenient for exchange, slow at scale (one pickled tensor per utterance).
+``npy`` (default for paths without a ``.pt``/``.pth`` suffix)
+    A folder ``<name>/`` holding ``vectors.npy`` (float32 ``[n, dim]``), ``keys.txt`` (one
+    utt_id per line, in row order) and ``meta.json`` (count, dim, format version; written
+    last, so its presence marks a complete folder). Loads at disk speed and can be
+    memory-mapped (``load_args: {mmap_mode: r}``). Written to a temp folder beside the
+    target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping
+from copy import deepcopy
+from itertools import islice
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, ClassVar
+
+import fsspec
+import numpy as np
+import torch
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+
+from sv_kedro.datasets.previews import TablePreview, embeddings_table_preview
+from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+from sv_kedro.training.checkpoint import CheckpointError, torch_load_weights_only
+from sv_kedro.utils.atomic import atomic_write_path
+
+VECTORS_FILE = "vectors.npy"
+KEYS_FILE = "keys.txt"
+META_FILE = "meta.json"
+COMPACT_FORMAT_NAME = "sv-kedro-embeddings"
+COMPACT_FORMAT_VERSION = 1
+FORMATS = ("pt", "npy")
+_PT_SUFFIXES = (".pt", ".pth")
+
+
+class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
+    """Load an ``EmbeddingTable``; save an ``EmbeddingTable`` or ``{utt_id: tensor/array}``.
+
+    Catalog example::
+
+        test_embeddings:
+          type: sv_kedro.datasets.EmbeddingsDataset
+          filepath: data/07_model_output/test_embeddings     # npy folder
+          load_args: {mmap_mode: r}
+          versioned: true
+
+        ssl_embeddings:
+          type: sv_kedro.datasets.EmbeddingsDataset
+          filepath: data/01_raw/dino_embeddings.pt            # format inferred: pt
+
+    Non-finite vectors load as they are; ``EmbeddingTable.check_finite()`` finds them.
+    """
+
+    DEFAULT_LOAD_ARGS: ClassVar[dict[str, Any]] = {"mmap_mode": None}
+
+    def __init__(
+        self,
+        *,
+        filepath: str | os.PathLike[str],
+        format: str | None = None,
+        load_args: dict[str, Any] | None = None,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        filepath = os.fspath(filepath)
+        if format is None:
+            format = "pt" if filepath.lower().endswith(_PT_SUFFIXES) else "npy"
+        if format not in FORMATS:
+            raise DatasetError(f"{filepath}: unknown embeddings format {format!r}; use {FORMATS}")
+        unknown = sorted(set(load_args or {}) - set(self.DEFAULT_LOAD_ARGS))
+        if unknown:
+            raise DatasetError(f"{filepath}: unknown load_args {unknown}; allowed: ['mmap_mode']")
+        self._format = format
+        self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
+        if self._load_args["mmap_mode"] not in (None, "r", "c"):
+            raise DatasetError(f"{filepath}: mmap_mode must be null, 'r' or 'c'")
+        fs_options = {**deepcopy(credentials or {}), **deepcopy(fs_args or {})}
+        protocol, path = get_protocol_and_path(filepath, version)
+        if protocol == "file":
+            fs_options.setdefault("auto_mkdir", True)
+        if self._load_args["mmap_mode"] and (protocol != "file" or format != "npy"):
+            raise DatasetError(f"{filepath}: mmap_mode needs the npy format on a local disk")
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **fs_options)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._filepath,
+            "protocol": self._protocol,
+            "format": self._format,
+            "load_args": self._load_args,
+            "version": self._version,
+        }
+
+    def load(self) -> EmbeddingTable:
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        if self._format == "pt":
+            return self._load_pt(path)
+        return self._load_npy(path)
+
+    def save(self, data: EmbeddingTable | Mapping[str, Any]) -> None:
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        table = data if isinstance(data, EmbeddingTable) else table_from_vectors(data, path)
+        if self._format == "pt":
+            self._save_pt(table, path)
+        else:
+            self._save_npy(table, path)
+        self._invalidate_cache()
+
+    def _exists(self) -> bool:
+        try:
+            path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        marker = path if self._format == "pt" else f"{path}/{META_FILE}"
+        return bool(self._fs.exists(marker))
+
+    def _release(self) -> None:
+        super()._release()
+        self._invalidate_cache()
+
+    def _invalidate_cache(self) -> None:
+        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+    def preview(self, nrows: int = 10, nvalues: int = 4) -> TablePreview:
+        """Key, dim, L2 norm and the first ``nvalues`` values of the first ``nrows`` rows."""
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        if self._format == "pt":
+            # A pickle cannot be read in part; at least only the shown rows are stacked.
+            mapping = self._read_pt(path, mmap=self._protocol == "file")
+            table = table_from_vectors(dict(islice(mapping.items(), nrows)), path)
+            return embeddings_table_preview(table.keys_, table.vectors, nrows, nvalues)
+        meta = self._read_meta(path)
+        with self._fs.open(f"{path}/{KEYS_FILE}", "r", encoding="utf-8") as handle:
+            keys = [line.rstrip("\n") for line in islice(handle, nrows)]
+        if self._protocol == "file":
+            vectors = np.load(f"{path}/{VECTORS_FILE}", mmap_mode="r", allow_pickle=False)
+        else:
+            vectors = self._load_npy(path).vectors
+        _check_shape(vectors, meta, path)
+        return embeddings_table_preview(keys, vectors, nrows, nvalues)
+
+    # -- pt --------------------------------------------------------------------------
+
+    def _load_pt(self, path: str) -> EmbeddingTable:
+        return table_from_vectors(self._read_pt(path), path)
+
+    def _read_pt(self, path: str, mmap: bool = False) -> Mapping[str, Any]:
+        if not self._fs.exists(path):
+            raise DatasetError(f"{path}: embeddings file not found")
+        try:
+            if self._protocol == "file":
+                mapping = torch_load_weights_only(path, path, mmap=mmap)
+            else:
+                with self._fs.open(path, "rb") as handle:
+                    mapping = torch_load_weights_only(handle, path)
+        except CheckpointError as exc:
+            raise DatasetError(str(exc)) from exc
+        if not isinstance(mapping, Mapping):
+            raise DatasetError(
+                f"{path}: expected a dict of utt_id -> tensor, got {type(mapping).__name__}"
+            )
+        return mapping
+
+    def _save_pt(self, table: EmbeddingTable, path: str) -> None:
+        matrix = torch.from_numpy(np.ascontiguousarray(table.vectors, dtype=np.float32))
+        # One storage per tensor, as external tools publish it (a shared-storage view
+        # would drag the whole matrix along when a consumer saves a single vector).
+        mapping = {key: matrix[i].clone() for i, key in enumerate(table.keys_)}
+        if self._protocol == "file":
+            _atomic_torch_save(mapping, Path(path))
+        else:
+            with self._fs.open(path, "wb") as handle:
+                torch.save(mapping, handle)
+
+    # -- npy -------------------------------------------------------------------------
+
+    def _read_meta(self, path: str) -> dict[str, Any]:
+        meta_path = f"{path}/{META_FILE}"
+        if not self._fs.exists(meta_path):
+            what = "incomplete embeddings folder" if self._fs.exists(path) else "not found"
+            raise DatasetError(f"{path}: {what} (no {META_FILE})")
+        with self._fs.open(meta_path, "r", encoding="utf-8") as handle:
+            try:
+                meta = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{meta_path}: not valid JSON ({exc})") from exc
+        if meta.get("format") != COMPACT_FORMAT_NAME:
+            raise DatasetError(f"{meta_path}: not an sv-kedro embeddings folder")
+        if meta.get("format_version", 0) > COMPACT_FORMAT_VERSION:
+            raise DatasetError(
+                f"{meta_path}: format_version {meta['format_version']} is newer "
+                f"than this code reads ({COMPACT_FORMAT_VERSION})"
+            )
+        return meta
+
+    def _load_npy(self, path: str) -> EmbeddingTable:
+        meta = self._read_meta(path)
+        with self._fs.open(f"{path}/{KEYS_FILE}", "r", encoding="utf-8") as handle:
+            keys = handle.read().split("\n")[:-1]
+        if len(keys) != meta["count"]:
+            raise DatasetError(
+                f"{path}/{KEYS_FILE}: {len(keys)} keys but {META_FILE} says {meta['count']}"
+            )
+        vectors_path = f"{path}/{VECTORS_FILE}"
+        try:
+            if self._protocol == "file":
+                vectors = np.load(
+                    vectors_path, mmap_mode=self._load_args["mmap_mode"], allow_pickle=False
+                )
+            else:
+                with self._fs.open(vectors_path, "rb") as handle:
+                    vectors = np.load(handle, allow_pickle=False)
+        except ValueError as exc:  # object arrays (pickles) are refused here
+            raise DatasetError(f"{vectors_path}: refused or unreadable ({exc})") from exc
+        _check_shape(vectors, meta, path)
+        try:
+            return EmbeddingTable(keys, vectors)
+        except EmbeddingError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+
+    def _save_npy(self, table: EmbeddingTable, path: str) -> None:
+        bad = next((k for k in table.keys_ if "\n" in k or "\r" in k), None)
+        if bad is not None:
+            raise DatasetError(f"{path}: utterance id {bad!r} contains a line break")
+        if self._protocol != "file":
+            with tempfile.TemporaryDirectory() as folder:
+                _write_npy_folder(table, Path(folder))
+                for name in (VECTORS_FILE, KEYS_FILE, META_FILE):  # meta last: the marker
+                    self._fs.put_file(str(Path(folder) / name), f"{path}/{name}")
+            return
+        target = Path(path)
+        if target.exists() and not (target / META_FILE).is_file():
+            raise DatasetError(
+                f"{target}: exists and is not an embeddings folder; refusing to replace it"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        )
+        try:
+            _write_npy_folder(table, staging)
+            _replace_folder(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def table_from_vectors(mapping: Mapping[str, Any], source: str = "<embeddings>") -> EmbeddingTable:
+    """``{utt_id: vector}`` (tensors or arrays, ``[dim]`` or ``[1, dim]``) -> ``EmbeddingTable``.
+
+    Raises ``DatasetError`` naming the first key whose value is not a float vector of the
+    common dimension.
+    """
+    if not mapping:
+        raise DatasetError(f"{source}: no embeddings")
+    keys: list[str] = []
+    rows: list[Any] = []
+    dim: int | None = None
+    all_tensors = True
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise DatasetError(f"{source}: key {key!r} is a {type(key).__name__}, not a string")
+        is_tensor = isinstance(value, torch.Tensor)
+        if not is_tensor:
+            if not isinstance(value, np.ndarray):
+                raise DatasetError(
+                    f"{source}: embedding {key!r} is a {type(value).__name__}, "
+                    "not a tensor or array"
+                )
+            all_tensors = False
+        shape = tuple(value.shape)
+        if is_tensor:
+            floating, size = value.is_floating_point(), value.numel()
+        else:
+            floating, size = np.issubdtype(value.dtype, np.floating), value.size
+        if not floating:
+            raise DatasetError(f"{source}: embedding {key!r} has dtype {value.dtype}, not float")
+        if len(shape) != 1 and (not shape or sum(n > 1 for n in shape) > 1):
+            raise DatasetError(f"{source}: embedding {key!r} has shape {shape}, not a vector")
+        if dim is None:
+            dim = size
+        elif size != dim:
+            raise DatasetError(
+                f"{source}: embedding {key!r} has {size} values, the others have {dim}"
+            )
+        keys.append(key)
+        rows.append(value.reshape(-1))
+    if all_tensors:
+        vectors = torch.stack([row.detach().cpu() for row in rows]).float().numpy()
+    else:
+        vectors = np.stack(
+            [
+                row.detach().cpu().float().numpy() if isinstance(row, torch.Tensor) else row
+                for row in rows
+            ]
+        ).astype(np.float32, copy=False)
+    try:
+        return EmbeddingTable(keys, vectors)
+    except EmbeddingError as exc:
+        raise DatasetError(f"{source}: {exc}") from exc
+
+
+def _check_shape(vectors: np.ndarray, meta: Mapping[str, Any], path: str) -> None:
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+        raise DatasetError(
+            f"{path}/{VECTORS_FILE}: expected a float [n, dim] array, "
+            f"got {vectors.dtype} {vectors.shape}"
+        )
+    if vectors.shape != (meta["count"], meta["dim"]):
+        raise DatasetError(
+            f"{path}/{VECTORS_FILE}: shape {vectors.shape} but {META_FILE} says "
+            f"({meta['count']}, {meta['dim']})"
+        )
+
+
+def _write_npy_folder(table: EmbeddingTable, folder: Path) -> None:
+    vectors = np.asarray(table.vectors)
+    if vectors.dtype != np.float32:
+        vectors = vectors.astype(np.float32)
+    with (folder / VECTORS_FILE).open("wb") as handle:
+        np.save(handle, vectors, allow_pickle=False)
+        _flush(handle)
+    with (folder / KEYS_FILE).open("w", encoding="utf-8", newline="\n") as handle:
+        handle.write("".join(f"{key}\n" for key in table.keys_))
+        _flush(handle)
+    meta = {
+        "format": COMPACT_FORMAT_NAME,
+        "format_version": COMPACT_FORMAT_VERSION,
+        "count": int(vectors.shape[0]),
+        "dim": int(vectors.shape[1]),
+        "dtype": "float32",
+    }
+    with (folder / META_FILE).open("w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=2)
+        _flush(handle)
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Rename ``staging`` onto ``target``; an old folder is moved aside first, then removed.
+
+    A folder cannot be swapped in one rename when the target exists; readers may then see
+    no folder for an instant, but never a partly written one.
+    """
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(target, retired)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(retired, target)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _atomic_torch_save(obj: Any, target: Path) -> None:
+    with atomic_write_path(target) as tmp, tmp.open("wb") as handle:
+        torch.save(obj, handle)
+        _flush(handle)
+
+
+def _flush(handle: BinaryIO | Any) -> None:
+    handle.flush()
+    with contextlib.suppress(OSError):
+        os.fsync(handle.fileno())

@@ -1,0 +1,111 @@
+"""``TrialsDataset``: a VoxCeleb trial list (``label enrol test`` per line) as a DataFrame."""
+
+from __future__ import annotations
+
+import os
+from copy import deepcopy
+from itertools import islice
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import pandas as pd
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+
+from sv_kedro.datasets.previews import TablePreview, dataframe_table_preview
+from sv_kedro.scoring.trial_list import (
+    format_trial_lines,
+    parse_trial_lines,
+    read_trial_list,
+    write_trial_list,
+)
+
+
+class TrialsDataset(AbstractVersionedDataset[pd.DataFrame, pd.DataFrame]):
+    """Load/save trials as DataFrame[``label`` (Int8, may be NA), ``enrol``, ``test``].
+
+    Catalog example::
+
+        voxceleb1_o_trials:
+          type: sv_kedro.datasets.TrialsDataset
+          filepath: data/01_raw/voxceleb1/veri_test2.txt
+
+    Parse errors name the file and line (``veri_test2.txt:17: ...``). Unlabelled lists
+    (``enrol test``) load with an all-NA ``label`` column and save without it.
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str | os.PathLike[str],
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        fs_options = {**deepcopy(credentials or {}), **deepcopy(fs_args or {})}
+        protocol, path = get_protocol_and_path(os.fspath(filepath), version)
+        if protocol == "file":
+            fs_options.setdefault("auto_mkdir", True)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **fs_options)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}
+
+    def load(self) -> pd.DataFrame:
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        if self._protocol == "file":
+            return read_trial_list(path)
+        if not self._fs.exists(path):
+            raise DatasetError(f"{path}: trial list not found")
+        with self._fs.open(path, "r", encoding="utf-8-sig") as handle:
+            return parse_trial_lines(handle, source=path)
+
+    def save(self, data: pd.DataFrame) -> None:
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        if not isinstance(data, pd.DataFrame):
+            raise DatasetError(
+                f"{path}: TrialsDataset saves a DataFrame, got {type(data).__name__}"
+            )
+        if self._protocol == "file":
+            write_trial_list(data, path)
+        else:
+            text = "\n".join(format_trial_lines(data)) + "\n"
+            with self._fs.open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        self._invalidate_cache()
+
+    def _exists(self) -> bool:
+        try:
+            path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        return bool(self._fs.exists(path))
+
+    def _release(self) -> None:
+        super()._release()
+        self._invalidate_cache()
+
+    def _invalidate_cache(self) -> None:
+        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+    def preview(self, nrows: int = 10) -> TablePreview:
+        """The first ``nrows`` trials (only those lines are read)."""
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        with self._fs.open(path, "r", encoding="utf-8-sig") as handle:
+            head = parse_trial_lines(islice(handle, nrows), source=path)
+        return dataframe_table_preview(head, nrows)

@@ -1,0 +1,204 @@
+"""Checkpoint payload: atomic save, weights-only load, validation, RNG capture/restore."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sv_kedro.training import checkpoint as ckpt
+from sv_kedro.training.checkpoint import (
+    CheckpointError,
+    build_checkpoint,
+    capture_rng_state,
+    checkpoint_summary,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def _trained_model() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    for _ in range(2):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return model, optimizer, scheduler
+
+
+def _payload(**overrides: object) -> dict:
+    model, optimizer, scheduler = _trained_model()
+    payload = build_checkpoint(
+        "toy_linear_bn",
+        {"in_dim": 4, "out_dim": 3},
+        model.state_dict(),
+        epoch=3,
+        step=120,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        rng=capture_rng_state(),
+        sampler={"epoch": torch.tensor(3), "order": torch.arange(5)},
+        loss_gate={"threshold": 2.5},
+        metrics={"eer": 0.031, "min_dcf": 0.2},
+    )
+    payload.update(overrides)
+    return payload
+
+
+def test_round_trip_restores_model_optimizer_and_scheduler(tmp_path):
+    model, optimizer, scheduler = _trained_model()
+    payload = build_checkpoint(
+        "toy_linear_bn",
+        {"in_dim": 4},
+        model.state_dict(),
+        epoch=1,
+        step=2,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        metrics={"eer": 0.5},
+    )
+    weight_before = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)  # training goes on after the snapshot was taken
+    assert torch.equal(payload["model_state"]["0.weight"], weight_before)
+    with torch.no_grad():
+        model[0].weight.copy_(weight_before)
+    path = tmp_path / "sub" / "model.pt"
+    save_checkpoint(path, payload)
+    loaded = load_checkpoint(path)
+
+    fresh = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    fresh.load_state_dict(loaded["model_state"])
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    fresh_opt.load_state_dict(loaded["training_state"]["optimizer"])
+    assert fresh_opt.state_dict()["param_groups"][0]["lr"] == pytest.approx(
+        optimizer.state_dict()["param_groups"][0]["lr"]
+    )
+    fresh_sched = torch.optim.lr_scheduler.OneCycleLR(fresh_opt, max_lr=0.1, total_steps=10)
+    fresh_sched.load_state_dict(loaded["training_state"]["scheduler"])
+    assert fresh_sched.last_epoch == scheduler.last_epoch
+    assert loaded["metrics"] == {"eer": 0.5}
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp files left
+
+
+def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _payload())
+    before = path.read_bytes()
+
+    def exploding_save(obj, handle):
+        handle.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", exploding_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, _payload())
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_missing_keys_are_named_on_save_and_load(tmp_path):
+    payload = _payload()
+    del payload["metrics"], payload["architecture"]
+    with pytest.raises(CheckpointError, match=r"lacks key\(s\) \['architecture', 'metrics'\]"):
+        save_checkpoint(tmp_path / "a.pt", payload)
+
+    broken = _payload()
+    del broken["training_state"]["step"]
+    path = tmp_path / "raw.pt"
+    torch.save(broken, path)  # bypasses validation, as a foreign tool might
+    with pytest.raises(CheckpointError, match=r"raw\.pt: training_state lacks key\(s\) \['step'\]"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"format_version": 2}, "newer than this code reads"),
+        ({"model_state": {"w": [1.0]}}, r"model_state\['w'\] is a list"),
+        ({"metrics": {"eer": "low"}}, r"metrics\['eer'\] must be a float"),
+        ({"model_config": {"act": torch.nn.ReLU}}, "not JSON-serialisable"),
+    ],
+)
+def test_invalid_payloads_are_rejected(tmp_path, override, message):
+    with pytest.raises(CheckpointError, match=message):
+        save_checkpoint(tmp_path / "x.pt", _payload(**override))
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_value_weights_only_cannot_load_is_named(tmp_path):
+    payload = _payload()
+    payload["training_state"]["sampler"] = {"order": np.arange(4)}
+    with pytest.raises(CheckpointError, match=r"training_state\.sampler\.order is a numpy"):
+        save_checkpoint(tmp_path / "x.pt", payload)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope\.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"garbage\.pt: not a readable torch file"):
+        load_checkpoint(garbage)
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    random.gauss(0, 1)  # leaves a cached second gaussian in Python's generator
+    np.random.standard_normal()  # and in NumPy's legacy generator
+    state = capture_rng_state()
+    expected = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3),
+        np.random.randn(),
+        torch.rand(3),
+    )
+    path = tmp_path / "rng.pt"
+    save_checkpoint(path, _payload(training_state={"epoch": 0, "step": 0, "rng": state}))
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+
+    restore_rng_state(load_checkpoint(path)["training_state"]["rng"])
+    again = (
+        random.random(),
+        random.gauss(0, 1),
+        np.random.rand(3),
+        np.random.randn(),
+        torch.rand(3),
+    )
+    assert again[0] == expected[0]
+    assert again[1] == expected[1]
+    np.testing.assert_array_equal(again[2], expected[2])
+    assert again[3] == expected[3]
+    assert torch.equal(again[4], expected[4])
+
+
+def test_restore_rejects_incomplete_rng_state():
+    state = capture_rng_state()
+    del state["numpy_keys"]
+    with pytest.raises(CheckpointError, match="numpy_keys"):
+        restore_rng_state(state)
+
+
+def test_summary_counts_parameters_and_reports_progress():
+    payload = _payload()
+    summary = checkpoint_summary(payload)
+    # Linear 4*3+3, BatchNorm weight+bias+running mean/var (3 each); the int64
+    # num_batches_tracked buffer is not counted.
+    assert summary["parameter_count"] == 15 + 12
+    assert summary["state_tensors"] == 7
+    assert summary["architecture"] == "toy_linear_bn"
+    assert (summary["epoch"], summary["step"]) == (3, 120)
+    assert summary["metrics"] == {"eer": pytest.approx(0.031), "min_dcf": pytest.approx(0.2)}
+    assert summary["config"] == {"in_dim": 4, "out_dim": 3}
+    assert summary["has_optimizer_state"] and summary["has_rng_state"]
