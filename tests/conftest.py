@@ -21,3 +21,38 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def kedro_project(project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A throw-away copy of the project (conf + pyproject) as the working directory.
+
+    The package is the installed ``sv_kedro``; outputs land in the copy's ``data/``, so
+    the repository's own ``data/`` is never touched by tests.
+    """
+    import shutil
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(project_root / "conf", project / "conf")
+    shutil.copy(project_root / "pyproject.toml", project / "pyproject.toml")
+    (project / "src").mkdir()
+    monkeypatch.chdir(project)
+    return project
+
+
+def _run_kedro(project: Path, pipeline_names: list[str], env: str | None = None, params=None):
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
+        session.run(pipeline_names=pipeline_names)
+        return session.load_context().catalog
+
+
+@pytest.fixture()
+def run_kedro():
+    """``run_kedro(project, pipeline_names, env=None, params=None) -> catalog``: registered
+    pipelines run in a real Kedro session."""
+    return _run_kedro

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from sv_kedro.pipelines import data_engineering, evaluation
+from sv_kedro.pipelines import data_engineering, evaluation, judge
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -20,4 +20,6 @@ def register_pipelines() -> dict[str, Pipeline]:
     }
     pipelines["evaluation"] = evaluation.create_pipeline(evaluated_systems)
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    # Run on demand only: it needs a checkpoint and an audio folder from --params.
+    pipelines["judge"] = judge.create_pipeline()
     return pipelines

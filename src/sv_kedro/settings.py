@@ -1,6 +1,7 @@
 """Project settings: https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
 from kedro.config import OmegaConfigLoader
+from omegaconf.resolvers import oc
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -9,4 +10,17 @@ CONFIG_LOADER_ARGS = {
     # An environment overrides single keys of a parameter section, not the whole section:
     # conf/voxceleb only lists what differs from conf/base.
     "merge_strategy": {"parameters": "soft", "catalog": "soft"},
+    # Kedro resolves ${oc.env:...} only in credentials; conf/voxceleb reads data locations
+    # from the environment (${oc.env:VOXCELEB_ROOT,/data/voxceleb}) in parameters too.
+    "custom_resolvers": {"oc.env": oc.env},
 }
+
+# kedro-mlflow registers its hooks in every session once installed; tracking is turned on
+# only where asked for (the `mlflow` environment), not in every run and test.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
+
+# The project's hook wraps kedro-mlflow's and is on only where an mlflow.yml is configured
+# (conf/mlflow: `kedro run --env mlflow`); see sv_kedro/tracking.py.
+from sv_kedro.tracking import SpeakerVerificationMlflowHook  # noqa: E402
+
+HOOKS = (SpeakerVerificationMlflowHook(),)

@@ -1,0 +1,158 @@
+"""The evaluation pipeline in real Kedro sessions: checkpoints -> metrics -> comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kedro.runner import SequentialRunner
+
+from sv_kedro.models.factory import build_model, checkpoint_model_config
+from sv_kedro.pipelines import evaluation
+from sv_kedro.scoring.embedding_table import EmbeddingError
+from sv_kedro.training.checkpoint import build_checkpoint, save_checkpoint
+
+TINY_DATA = {
+    "data_engineering": {
+        "synthetic": {
+            "corpus": {
+                "n_speakers": 8,
+                "utterances_per_speaker": 6,
+                "min_duration_s": 1.0,
+                "max_duration_s": 1.4,
+            }
+        },
+        "split": {"test_speakers": 3, "validation_ratio": 0.34},
+        "trials": {"targets_per_utt": 3, "nontargets_per_utt": 4},
+        "validation_pairs": {"n_pairs": 8},
+    }
+}
+TINY_ECAPA = {
+    "architecture": "ecapa_tdnn",
+    "n_classes": 0,
+    "fbank": {"n_mels": 24},
+    "ecapa": {
+        "channels": 32,
+        "embedding_dim": 16,
+        "scale": 4,
+        "se_bottleneck": 8,
+        "mfa_channels": 48,
+        "attention_dim": 8,
+    },
+}
+FAST_EVAL = {
+    "evaluation": {
+        "extraction": {"n_crops": 2, "crop_seconds": 0.5, "cache_dir": None},
+        "scoring": {"cohort_utts_per_speaker": 3, "top_n": 3, "lda_dim": 4},
+    }
+}
+
+
+def write_checkpoint(project: Path, system: str, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = build_model(TINY_ECAPA)
+    payload = build_checkpoint(
+        "ecapa_tdnn", checkpoint_model_config(model), model.state_dict(), epoch=0, step=0
+    )
+    save_checkpoint(project / f"data/06_models/{system}/checkpoint.pt", payload)
+
+
+@pytest.fixture()
+def prepared_project(kedro_project: Path, run_kedro) -> Path:
+    run_kedro(kedro_project, ["data_engineering"], params={**TINY_DATA, **FAST_EVAL})
+    for seed, system in enumerate(["toy_a", "toy_b"]):
+        write_checkpoint(kedro_project, system, seed)
+    return kedro_project
+
+
+def run_evaluation(project: Path, systems: list[str]) -> None:
+    from kedro.framework.session import KedroSession
+
+    with KedroSession.create(project_path=project, runtime_params={**TINY_DATA, **FAST_EVAL}) as s:
+        catalog = s.load_context().catalog
+        SequentialRunner().run(evaluation.create_pipeline(systems), catalog)
+
+
+def test_every_system_gets_metrics_and_one_comparison(prepared_project: Path):
+    run_evaluation(prepared_project, ["toy_a", "toy_b"])
+    data = prepared_project / "data"
+    for system in ("toy_a", "toy_b"):
+        metrics = json.loads((data / f"08_reporting/{system}/metrics.json").read_text())
+        backends = metrics["test"]
+        assert set(backends) == {"cosine", "cosine_crops", "fusion", "asnorm", "plda"}
+        for values in backends.values():
+            assert 0.0 <= values["eer"] <= 1.0 and "min_dcf_0.01" in values
+        scores = pd.read_parquet(data / f"07_model_output/{system}/scores.parquet")
+        assert len(scores) == metrics["test"]["cosine"]["n_trials"]
+        assert (data / f"08_reporting/{system}/score_histogram.png").stat().st_size > 1000
+    table = pd.read_csv(data / "08_reporting/comparison.csv")
+    assert set(table["system"]) == {"toy_a", "toy_b"}
+    assert len(table) == 2 * 5
+    assert {"eer_percent", "min_dcf_0.01", "min_dcf_0.05"} <= set(table.columns)
+    assert (data / "08_reporting/comparison.md").read_text().count("| toy_") == 10
+    assert (data / "08_reporting/comparison_det.png").stat().st_size > 1000
+    # Different weights give different scores: the table is not a copy of one system.
+    a = pd.read_parquet(data / "07_model_output/toy_a/scores.parquet")["cosine"]
+    b = pd.read_parquet(data / "07_model_output/toy_b/scores.parquet")["cosine"]
+    assert not np.allclose(a, b)
+
+
+def test_trial_list_naming_a_missing_utterance_fails_with_its_name(prepared_project: Path):
+    trials = prepared_project / "data/05_model_input/test_trials.txt"
+    lines = trials.read_text().splitlines()
+    label, enrol, _ = lines[0].split()
+    lines[0] = f"{label} {enrol} spk999/ghost.wav"
+    trials.write_text("\n".join(lines) + "\n")
+    with pytest.raises(EmbeddingError, match=r"spk999/ghost\.wav"):
+        run_evaluation(prepared_project, ["toy_a"])
+
+
+def test_judge_scores_a_checkpoint_on_any_folder_from_params(
+    kedro_project: Path, tmp_path, run_kedro
+):
+    from sv_kedro.audio.io import write_audio
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "corpus"
+    for speaker in range(3):
+        tone = 150 + 60 * speaker
+        for utt in range(3):
+            t = np.arange(16000) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * tone * t) + 0.05 * rng.standard_normal(16000)
+            write_audio(root / f"s{speaker}/u{utt}.wav", wave.astype(np.float32), 16000)
+    write_checkpoint(kedro_project, "judged", 0)
+    params = {
+        "judge": {
+            "checkpoint": "data/06_models/judged/checkpoint.pt",
+            "audio_root": str(root),
+            "extraction": {"n_crops": 2, "crop_seconds": 0.5},
+        }
+    }
+    run_kedro(kedro_project, ["judge"], params=params)
+    metrics = json.loads((kedro_project / "data/08_reporting/judge/metrics.json").read_text())
+    assert set(metrics) == {"cosine", "cosine_crops", "fusion"}
+    assert metrics["cosine"]["n_trials"] > 0 and metrics["cosine"]["n_targets"] > 0
+
+
+@pytest.mark.shared_data
+def test_judge_on_arabic_speech_commands(kedro_project: Path, shared_data: Path, run_kedro):
+    write_checkpoint(kedro_project, "judged", 0)
+    params = {
+        "judge": {
+            "checkpoint": "data/06_models/judged/checkpoint.pt",
+            "audio_root": str(shared_data / "arabic_speech_commands"),
+            "extraction": {"n_crops": 1, "crop_seconds": 0.5},
+            "generated_trials": {"targets_per_utt": 1, "nontargets_per_utt": 2, "seed": 0},
+        }
+    }
+    run_kedro(kedro_project, ["judge"], params=params)
+    data = kedro_project / "data"
+    metrics = json.loads((data / "08_reporting/judge/metrics.json").read_text())
+    manifest = pd.read_parquet(data / "02_intermediate/judge/manifest.parquet")
+    assert manifest["speaker"].nunique() == 30 and len(manifest) == 1200
+    assert metrics["fusion"]["n_trials"] == 1200 * 3
+    assert 0.0 < metrics["fusion"]["eer"] < 0.6
