@@ -86,12 +86,14 @@ class SpeakerClassificationTask:
         self._l2sp_reference: dict[str, Tensor] | None = None
         self.seed = int(seed)
         self.n_corrected = 0
+        # Per finished epoch: the histogram of the log-losses the DLG fit saw (for plots).
+        self.loss_histograms: list[dict[str, Any]] = []
 
     def _regularizer(self, state: TrainState) -> L2SPRegularizer | None:
         if self.l2sp_weight <= 0:
             return None
         if self.l2sp is None:
-            encoder = _unwrap(state.model).frontend  # type: ignore[union-attr]
+            encoder = _pretrained_part(_unwrap(state.model))  # type: ignore[arg-type]
             # The reference is the encoder as this run found it at step 0 (the pre-trained
             # weights); on resume it comes back from the task state, not the current weights.
             self.l2sp = L2SPRegularizer(encoder, reference=self._l2sp_reference)
@@ -153,6 +155,7 @@ class SpeakerClassificationTask:
         losses = gathered.losses.double().numpy()
         log_losses = np.log(np.clip(losses, 1e-12, None))
         kept = self.gate.kept_fraction
+        self.loss_histograms.append({"epoch": int(state.epoch), **log_loss_histogram(log_losses)})
         fit = self.gate.end_epoch(
             state.epoch,
             refit=self.schedule.dlg_active(state.epoch + 1),
@@ -169,7 +172,10 @@ class SpeakerClassificationTask:
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"n_corrected": self.n_corrected}
+        state: dict[str, Any] = {
+            "n_corrected": self.n_corrected,
+            "loss_histograms": [dict(entry) for entry in self.loss_histograms],
+        }
         if self.gate is not None:
             state["gate"] = self.gate.state_dict()
         if self.l2sp is not None:
@@ -180,11 +186,29 @@ class SpeakerClassificationTask:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.n_corrected = int(state.get("n_corrected", 0))
+        self.loss_histograms = [dict(entry) for entry in state.get("loss_histograms", [])]
         if self.gate is not None and "gate" in state:
             self.gate.load_state_dict(dict(state["gate"]))
         if "l2sp_reference" in state:
             self._l2sp_reference = dict(state["l2sp_reference"])
             self.l2sp = None
+
+
+def _pretrained_part(model: nn.Module) -> nn.Module:
+    """What L2-SP holds near its starting weights: the SSL encoder of an SSL model, the TDNN
+    back-bone (``pooling``) of a filterbank model, whose front end has no parameters."""
+    if getattr(model, "uses_ssl", True):
+        return model.frontend  # type: ignore[return-value]
+    return model.pooling  # type: ignore[return-value]
+
+
+def log_loss_histogram(log_losses: np.ndarray, bins: int = 40) -> dict[str, list[float]]:
+    """``{"edges": [bins + 1], "counts": [bins]}`` of the finite log-losses (plots)."""
+    finite = log_losses[np.isfinite(log_losses)]
+    if finite.size == 0:
+        return {"edges": [], "counts": []}
+    counts, edges = np.histogram(finite, bins=bins)
+    return {"edges": edges.tolist(), "counts": counts.astype(float).tolist()}
 
 
 def _n_correct(logits: Tensor | None, labels: Tensor) -> int:

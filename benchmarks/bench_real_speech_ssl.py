@@ -1,0 +1,202 @@
+"""Label-free SV on real speech: DINO -> pseudo-labels -> rounds -> LMFT vs supervised ECAPA.
+
+Corpus: ``speechocean762_train`` of the shared data (125 speakers x 10 read sentences,
+16 kHz). Split: 25 test speakers drawn with a fixed seed (``--seed``), the other 100 train;
+test trials are all pairs of test utterances. The self-supervised system never reads a
+training speaker label: the true labels only feed the NMI report. The named baseline is
+supervised ECAPA-TDNN on the true labels of the same 100 speakers, with the same model and
+as many fine-tuning epochs as all self-supervised rounds together (or the figure of
+``benchmarks/bench_real_speech_ecapa.py`` given with ``--supervised-eer``).
+
+    python benchmarks/bench_real_speech_ssl.py --rounds 2 --out /tmp/bench_ssl.json
+    timeout 1800 python benchmarks/bench_real_speech_ssl.py   # the 30-min budget
+
+Prints NMI per stage, EER/minDCF on the 25 unseen speakers, and the ratio to the baseline
+(goal: EER within 1.3x of supervised).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from sv_kedro.api import model_from_checkpoint
+from sv_kedro.audio.io import audio_info
+from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
+from sv_kedro.scoring.cosine import cosine_scores
+from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
+from sv_kedro.scoring.metrics import verification_metrics
+from sv_kedro.systems.runner import train_speaker_system
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "data" / "speechocean762_train"
+BASE_PARAMS = ROOT / "conf" / "base" / "parameters_ssl_pseudo_labeling.yml"
+
+
+def build_manifest(root: Path) -> pd.DataFrame:
+    """One row per ``<speaker>/<utt>.flac`` (header reads only)."""
+    rows = []
+    for path in sorted(root.glob("*/*.flac")):
+        info = audio_info(path)
+        rows.append(
+            {
+                "utt_id": f"{path.parent.name}/{path.name}",
+                "speaker": path.parent.name,
+                "path": str(path),
+                "duration": info.duration,
+                "num_frames": info.frames,
+                "sample_rate": info.sample_rate,
+                "channels": info.channels,
+                "source": "speechocean762",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def split(manifest: pd.DataFrame, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    speakers = np.array(sorted(manifest["speaker"].unique()))
+    test = set(np.random.default_rng(seed).choice(speakers, n_test, replace=False))
+    is_test = manifest["speaker"].isin(test)
+    train = manifest[~is_test].reset_index(drop=True)
+    codes = {s: i for i, s in enumerate(sorted(train["speaker"].unique()))}
+    train["speaker_index"] = train["speaker"].map(codes).astype(np.int64)
+    return train, manifest[is_test].reset_index(drop=True)
+
+
+def all_pairs(test: pd.DataFrame) -> pd.DataFrame:
+    first, second = np.triu_indices(len(test), k=1)
+    utts, speakers = test["utt_id"].to_numpy(), test["speaker"].to_numpy()
+    return pd.DataFrame(
+        {
+            "label": (speakers[first] == speakers[second]).astype(np.int8),
+            "enrol": utts[first],
+            "test": utts[second],
+        }
+    )
+
+
+def test_metrics(checkpoint: dict[str, Any], test: pd.DataFrame, trials: pd.DataFrame) -> dict:
+    config = ExtractionConfig(n_crops=0, max_seconds=20.0, device="auto")
+    table = extract_embeddings(model_from_checkpoint(checkpoint), test, config, progress=False).full
+    metrics = verification_metrics(cosine_scores(table, trials), trials["label"].to_numpy(int))
+    return {k: float(metrics[k]) for k in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
+
+
+def parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The shipped base parameters, scaled to 100 real speakers."""
+    params = yaml.safe_load(BASE_PARAMS.read_text())["ssl_pseudo_labeling"]
+    params["run"] = {"work_dir": str(args.work_dir), "resume": True, "torch_threads": args.threads}
+    params["dino"]["training"]["epochs"] = args.dino_epochs
+    params["dino"]["data"].update({"global_seconds": 2.0, "local_seconds": 1.0})
+    params["clustering"].update({"k1": args.k1, "k2": args.k2})
+    params["finetune"]["training"]["epochs"] = args.epochs
+    params["finetune"]["data"].update({"batch_size": 32, "crop_seconds": 3.0})
+    params["lmft"]["training"]["epochs"] = args.lmft_epochs
+    params["lmft"]["data"] = {"crop_seconds": 4.0}
+    return params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_real_speech_ssl"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-speakers", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dino-epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lmft-epochs", type=int, default=3)
+    parser.add_argument("--k1", type=int, default=300)
+    parser.add_argument("--k2", type=int, default=120)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--supervised-eer", type=float, default=None, help="baseline EER (0-1)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if not args.corpus.is_dir():
+        raise SystemExit(f"{args.corpus} is absent (shared real-speech data)")
+    started = time.perf_counter()
+    train, test = split(build_manifest(args.corpus), args.test_speakers, args.seed)
+    trials = all_pairs(test)
+    params = parameters(args)
+    run = params["run"]
+    report: dict[str, Any] = {
+        "train_speakers": int(train["speaker"].nunique()),
+        "train_utterances": len(train),
+        "test_speakers": int(test["speaker"].nunique()),
+        "trials": len(trials),
+        "stages": [],
+    }
+
+    def record(stage: str, checkpoint: dict | None, health: dict, seconds: float) -> None:
+        row = {"stage": stage, "nmi": health.get("nmi"), "n_clusters": health.get("n_clusters")}
+        if checkpoint is not None:
+            row.update(test_metrics(checkpoint, test, trials))
+        row["seconds"] = round(seconds, 1)
+        report["stages"].append(row)
+        print(json.dumps(row), flush=True)
+
+    clock = time.perf_counter()
+    previous, _ = nodes.train_dino_encoder(train, params["dino"], run)
+    embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
+    labels, health, _ = nodes.cluster_training_embeddings(embeddings, train, params["clustering"])
+    record("initial (DINO)", previous, health, time.perf_counter() - clock)
+    stages = [f"iter_{i}" for i in range(1, args.rounds + 1)] + ["lmft"]
+    for stage in stages:
+        clock = time.perf_counter()
+        if stage == "lmft":
+            previous, _, _ = nodes.large_margin_fine_tune(
+                labels, train, previous, params["finetune"], params["lmft"], run
+            )
+        else:
+            previous, _, _ = nodes.fine_tune_round(
+                labels, train, previous, params["finetune"], run, stage
+            )
+        embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
+        labels, health, _ = nodes.cluster_training_embeddings(
+            embeddings, train, params["clustering"]
+        )
+        record(stage, previous, health, time.perf_counter() - clock)
+    ssl_seconds = time.perf_counter() - started
+
+    supervised_eer = args.supervised_eer
+    if supervised_eer is None:
+        clock = time.perf_counter()
+        finetune = params["finetune"]
+        epochs = args.epochs * args.rounds + args.lmft_epochs
+        checkpoint, _ = train_speaker_system(
+            train,
+            None,
+            None,
+            finetune["model"],
+            finetune["loss"],
+            {**finetune["training"], "epochs": epochs},
+            finetune["data"],
+            {"work_dir": str(args.work_dir / "supervised"), "resume": True},
+        )
+        supervised = test_metrics(checkpoint, test, trials)
+        supervised_eer = supervised["eer"]
+        report["supervised"] = {**supervised, "epochs": epochs}
+        report["supervised"]["seconds"] = round(time.perf_counter() - clock, 1)
+    final_eer = report["stages"][-1]["eer"]
+    report.update(
+        ssl_seconds=round(ssl_seconds, 1),
+        supervised_eer=supervised_eer,
+        eer_ratio=final_eer / supervised_eer if supervised_eer else float("nan"),
+        goal_met=bool(supervised_eer and final_eer <= 1.3 * supervised_eer),
+        torch_threads=torch.get_num_threads(),
+    )
+    print(json.dumps({k: v for k, v in report.items() if k != "stages"}, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""ssl_pseudo_labeling: DINO -> pseudo-labels -> fine-tuning rounds -> large-margin fine-tuning."""
+
+from __future__ import annotations
+
+from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import (
+    create_pipeline,
+    evaluated_systems,
+    n_iterations,
+)
+
+__all__ = ["create_pipeline", "evaluated_systems", "n_iterations"]

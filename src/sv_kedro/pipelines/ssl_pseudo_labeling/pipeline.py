@@ -1,0 +1,260 @@
+"""ssl_pseudo_labeling: label-free speaker verification, from raw audio to an LMFT model.
+
+Stages (datasets live under the ``ssl_pseudo_labeling`` namespace; kedro-viz shows each
+round as its own modular pipeline):
+
+0. initial embeddings: DINO on the unlabeled training audio (``dino``: encoder checkpoint,
+   evaluated like any system) or, in ``ssl_pseudo_labeling_external``, a published ``.pt``
+   file (``external_embeddings``) -> ``initial_embeddings`` (validated);
+1. ``initial``: k-means + AHC -> pseudo-labels, health report (NMI, purity, sizes);
+2-3. ``iter_1`` ... ``iter_N``: fine-tune on the previous pseudo-labels (AAM, loss gate, LC,
+   L2-SP), embed the training set, re-cluster;
+4. ``lmft``: large-margin fine-tuning from the last round, then its clustering report;
+5. each stage's checkpoint goes through the evaluation template (``ssl_pseudo_labeling.<stage>``)
+   and ``ssl_summary`` tracks NMI and EER/minDCF from stage 0 to LMFT.
+
+The number of rounds is fixed when the pipeline is built (Kedro builds pipelines before it
+reads parameters): ``DEFAULT_ITERATIONS``, or the ``SV_SSL_ITERATIONS`` environment
+variable, e.g. ``SV_SSL_ITERATIONS=3 kedro run --pipeline ssl_pseudo_labeling``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from sv_kedro.pipelines import evaluation
+from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
+
+NAMESPACE = "ssl_pseudo_labeling"
+DEFAULT_ITERATIONS = 2
+ITERATIONS_ENV = "SV_SSL_ITERATIONS"
+INITIAL_SOURCES = ("dino", "external")
+PARAMS = f"params:{NAMESPACE}"
+
+
+def n_iterations(default: int = DEFAULT_ITERATIONS) -> int:
+    """Rounds of pseudo-labelling + fine-tuning: ``SV_SSL_ITERATIONS`` or ``default``."""
+    raw = os.environ.get(ITERATIONS_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{ITERATIONS_ENV}={raw!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"{ITERATIONS_ENV} must be >= 1, got {value}")
+    return value
+
+
+def stage_names(iterations: int | None = None) -> list[str]:
+    """``["iter_1", ..., "iter_N", "lmft"]``."""
+    count = n_iterations() if iterations is None else iterations
+    return [f"iter_{i}" for i in range(1, count + 1)] + ["lmft"]
+
+
+def evaluated_systems(initial_source: str = "dino", iterations: int | None = None) -> list[str]:
+    """The namespaces whose checkpoints are evaluated (for the global comparison)."""
+    stages = ([f"{NAMESPACE}.dino"] if initial_source == "dino" else []) + [
+        f"{NAMESPACE}.{stage}" for stage in stage_names(iterations)
+    ]
+    return stages
+
+
+def _named(function: Callable[..., Any], name: str, **bound: Any) -> Callable[..., Any]:
+    partial = functools.partial(function, **bound)
+    functools.update_wrapper(partial, function)
+    partial.__name__ = name  # type: ignore[attr-defined]
+    return partial
+
+
+def _embed_and_cluster() -> list[Any]:
+    return [
+        node(
+            nodes.embed_training_utterances,
+            inputs=["checkpoint", "train_manifest", f"{PARAMS}.extraction", f"{PARAMS}.run"],
+            outputs="train_embeddings",
+            name="embed_training_utterances",
+        ),
+        node(
+            nodes.cluster_training_embeddings,
+            inputs=["train_embeddings", "train_manifest", f"{PARAMS}.clustering"],
+            outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
+            name="cluster_training_embeddings",
+        ),
+    ]
+
+
+def round_template(stage: str, first_from_scratch: bool = False) -> Pipeline:
+    """One round (``iter_k``) or LMFT: train on ``previous_pseudo_labels`` from
+    ``previous_checkpoint``, embed the training set, re-cluster."""
+    outputs = ["checkpoint", "training_metrics", "gate_plot"]
+    if stage == "lmft":
+        train = node(
+            nodes.large_margin_fine_tune,
+            inputs=[
+                "previous_pseudo_labels",
+                "train_manifest",
+                "previous_checkpoint",
+                f"{PARAMS}.finetune",
+                f"{PARAMS}.lmft",
+                f"{PARAMS}.run",
+            ],
+            outputs=outputs,
+            name="large_margin_fine_tune",
+        )
+    elif first_from_scratch:
+        train = node(
+            nodes.fine_tune_first_round_from_scratch,
+            inputs=[
+                "previous_pseudo_labels",
+                "train_manifest",
+                f"{PARAMS}.finetune",
+                f"{PARAMS}.run",
+            ],
+            outputs=outputs,
+            name="fine_tune_on_pseudo_labels",
+        )
+    else:
+        train = node(
+            _named(nodes.fine_tune_round, "fine_tune_round", stage=stage),
+            inputs=[
+                "previous_pseudo_labels",
+                "train_manifest",
+                "previous_checkpoint",
+                f"{PARAMS}.finetune",
+                f"{PARAMS}.run",
+            ],
+            outputs=outputs,
+            name="fine_tune_on_pseudo_labels",
+        )
+    return Pipeline([train, *_embed_and_cluster()])
+
+
+def _stage_zero(initial_source: str) -> Pipeline:
+    """Nodes that produce ``ssl_pseudo_labeling.initial_embeddings``."""
+    if initial_source == "external":
+        nodes_ = [
+            node(
+                nodes.check_external_embeddings,
+                inputs=["external_embeddings", "train_manifest"],
+                outputs="initial_embeddings",
+                name="check_external_embeddings",
+            )
+        ]
+    else:
+        nodes_ = [
+            node(
+                nodes.train_dino_encoder,
+                inputs=["train_manifest", f"{PARAMS}.dino", f"{PARAMS}.run"],
+                outputs=["dino.checkpoint", "dino.training_metrics"],
+                name="train_dino_encoder",
+            ),
+            node(
+                nodes.embed_training_utterances,
+                inputs=[
+                    "dino.checkpoint",
+                    "train_manifest",
+                    f"{PARAMS}.extraction",
+                    f"{PARAMS}.run",
+                ],
+                outputs="initial_embeddings",
+                name="embed_training_utterances_with_dino",
+            ),
+        ]
+    return pipeline(
+        Pipeline(nodes_),
+        namespace=NAMESPACE,
+        inputs={"train_manifest"},
+        parameters={p for n in nodes_ for p in n.inputs if p.startswith("params:")},
+    )
+
+
+def create_pipeline(
+    initial_source: str = "dino", iterations: int | None = None, evaluate: bool = True
+) -> Pipeline:
+    """The whole self-supervised pipeline (see the module docstring).
+
+    ``initial_source``: ``dino`` (train it) or ``external`` (the ``.pt`` file of
+    ``ssl_pseudo_labeling.external_embeddings``); ``iterations``: rounds before LMFT
+    (``None``: :func:`n_iterations`); ``evaluate``: add each stage's evaluation and
+    ``ssl_summary``.
+    """
+    if initial_source not in INITIAL_SOURCES:
+        raise ValueError(f"initial_source must be one of {INITIAL_SOURCES}, got {initial_source!r}")
+    stages = stage_names(iterations)
+    parts = [_stage_zero(initial_source)]
+    parts.append(
+        pipeline(
+            Pipeline(
+                [
+                    node(
+                        nodes.cluster_training_embeddings,
+                        inputs=["train_embeddings", "train_manifest", f"{PARAMS}.clustering"],
+                        outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
+                        name="cluster_training_embeddings",
+                    )
+                ]
+            ),
+            namespace=f"{NAMESPACE}.initial",
+            inputs={
+                "train_embeddings": f"{NAMESPACE}.initial_embeddings",
+                "train_manifest": "train_manifest",
+            },
+            parameters={f"{PARAMS}.clustering"},
+        )
+    )
+    previous = f"{NAMESPACE}.initial"
+    for position, stage in enumerate(stages):
+        scratch = position == 0 and initial_source == "external"
+        inputs = {
+            "previous_pseudo_labels": f"{previous}.pseudo_labels",
+            "train_manifest": "train_manifest",
+        }
+        if not scratch:
+            inputs["previous_checkpoint"] = (
+                f"{NAMESPACE}.dino.checkpoint" if position == 0 else f"{previous}.checkpoint"
+            )
+        parts.append(
+            pipeline(
+                round_template(stage, first_from_scratch=scratch),
+                namespace=f"{NAMESPACE}.{stage}",
+                inputs=inputs,
+                parameters={
+                    f"{PARAMS}.{name}" for name in ("finetune", "run", "extraction", "clustering")
+                }
+                | ({f"{PARAMS}.lmft"} if stage == "lmft" else set()),
+            )
+        )
+        previous = f"{NAMESPACE}.{stage}"
+    result = sum(parts, Pipeline([]))
+    if not evaluate:
+        return result
+    systems = evaluated_systems(initial_source, len(stages) - 1)
+    summary_inputs: dict[str, str] = {"scoring": "params:evaluation.scoring"}
+    summary_inputs["initial__health"] = "initial.cluster_health"
+    if initial_source == "dino":
+        summary_inputs["initial__metrics"] = "dino.metrics"
+    for stage in stages:
+        summary_inputs[f"{stage}__health"] = f"{stage}.cluster_health"
+        summary_inputs[f"{stage}__metrics"] = f"{stage}.metrics"
+    summary = pipeline(
+        Pipeline(
+            [
+                node(
+                    nodes.summarize_stages,
+                    inputs=summary_inputs,
+                    outputs=["ssl_summary", "ssl_summary_markdown"],
+                    name="summarize_stages",
+                )
+            ]
+        ),
+        namespace=NAMESPACE,
+        outputs={"ssl_summary", "ssl_summary_markdown"},
+        parameters={"params:evaluation.scoring"},
+    )
+    return result + evaluation.create_pipeline(systems, comparison="ssl_comparison") + summary

@@ -1,0 +1,360 @@
+"""DINO self-supervised training through the project's training loop (resume and DDP included).
+
+- ``MultiCropDataset``: per utterance, ``n_global`` long and ``n_local`` short random crops,
+  each augmented on its own (reverb from a simulated RIR bank, babble from other utterances
+  of the corpus, noise files when given). No label is read.
+- ``DinoLoaderFactory``: seeded, rank-sharded shuffled batches (``ShardedShuffleBatchSampler``)
+  that skip at the index level on resume.
+- ``DinoTask``: a ``TrainingTask`` whose ``compute_loss`` first moves the EMA teacher towards
+  the student the previous optimiser step produced, then runs student and teacher and
+  returns the per-utterance DINO loss; it updates the teacher centre (averaged over
+  processes) after every micro-batch.
+- ``train_dino(...)``: what the Kedro node calls; returns the DINO checkpoint and metrics.
+
+Config of the task (``dino`` parameters)::
+
+    student_temperature: 0.1
+    teacher_temperature: 0.04          # after the warm-up
+    teacher_temperature_start: 0.04    # linear warm-up over warmup_teacher_steps
+    warmup_teacher_steps: 0
+    center_momentum: 0.9
+    ema_momentum: 0.996                # cosine ramp to ema_momentum_end over total_steps
+    ema_momentum_end: 1.0
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from sv_kedro.audio.crops import crop_array
+from sv_kedro.audio.io import read_audio, to_mono
+from sv_kedro.audio.rir import resample_poly
+from sv_kedro.models.dino import cosine_schedule, dino_loss, normalize_dino_config
+from sv_kedro.systems.loaders import build_augmenter
+from sv_kedro.training.batches import ShardedShuffleBatchSampler, SkipBatches
+from sv_kedro.training.checkpoint import load_checkpoint
+from sv_kedro.training.jobs import TrainingJob, launch_training
+from sv_kedro.training.launcher import DistributedConfig
+from sv_kedro.training.task import LoaderRequest, StepOutput, TrainState, unwrap_model
+from sv_kedro.utils.atomic import atomic_write_path
+
+TASK_DEFAULTS: dict[str, float] = {
+    "student_temperature": 0.1,
+    "teacher_temperature": 0.04,
+    "teacher_temperature_start": 0.04,
+    "warmup_teacher_steps": 0,
+    "center_momentum": 0.9,
+    "ema_momentum": 0.996,
+    "ema_momentum_end": 1.0,
+}
+LOADER_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
+    "global_crops": 2,
+    "global_seconds": 3.0,
+    "local_crops": 4,
+    "local_seconds": 1.5,
+    "max_read_seconds": 12.0,
+    "sample_rate": 16000,
+    "num_workers": 0,
+    "augmentation": None,
+}
+
+
+class MultiCropDataset(Dataset):
+    """``{"global": float32 [G, Tg], "local": float32 [L, Tl], "index": int}`` per utterance.
+
+    Crops are drawn at random positions of the utterance (its first ``max_read_seconds``;
+    shorter utterances are wrap-padded) from ``(seed, epoch, index)``, so an epoch replays
+    exactly on resume. ``augmenter`` (may be ``None``) is applied to each crop separately.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        global_seconds: float,
+        local_seconds: float,
+        global_crops: int = 2,
+        local_crops: int = 4,
+        augmenter: Any = None,
+        sample_rate: int = 16000,
+        max_read_seconds: float = 12.0,
+        seed: int = 0,
+    ) -> None:
+        missing = [c for c in ("utt_id", "path", "num_frames", "sample_rate") if c not in manifest]
+        if missing:
+            raise ValueError(f"DINO manifest lacks column(s) {missing}")
+        if global_crops < 1 or local_crops < 0 or global_crops + local_crops < 2:
+            raise ValueError(
+                f"DINO needs >= 1 global crop and >= 2 crops in all, got {global_crops} global "
+                f"and {local_crops} local"
+            )
+        self.utt_ids = manifest["utt_id"].astype(str).tolist()
+        self.paths = manifest["path"].astype(str).tolist()
+        self.num_frames = manifest["num_frames"].astype(np.int64).to_numpy()
+        self.file_rates = manifest["sample_rate"].astype(np.int64).to_numpy()
+        self.sample_rate = int(sample_rate)
+        self.global_frames = round(global_seconds * sample_rate)
+        self.local_frames = round(local_seconds * sample_rate)
+        self.global_crops, self.local_crops = int(global_crops), int(local_crops)
+        self.augmenter = augmenter
+        self.max_read_seconds = float(max_read_seconds)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _read(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        rate = int(self.file_rates[index])
+        window = min(int(self.num_frames[index]), round(self.max_read_seconds * rate))
+        offset = int(rng.integers(0, int(self.num_frames[index]) - window + 1))
+        wave = to_mono(read_audio(self.paths[index], offset, window)[0])
+        return resample_poly(wave, rate, self.sample_rate)
+
+    def _crops(
+        self, wave: np.ndarray, frames: int, count: int, rng: np.random.Generator, utt_id: str
+    ) -> np.ndarray:
+        crops = []
+        for _ in range(count):
+            crop = crop_array(wave, frames, "random", rng)
+            if self.augmenter is not None:
+                # The utterance is its own "speaker": babble comes from other utterances.
+                crop = self.augmenter(crop, rng, utt_id)
+            crops.append(np.asarray(crop, dtype=np.float32))
+        return np.stack(crops) if crops else np.zeros((0, frames), dtype=np.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        wave = self._read(index, rng)
+        utt = self.utt_ids[index]
+        return {
+            "global": self._crops(wave, self.global_frames, self.global_crops, rng, utt),
+            "local": self._crops(wave, self.local_frames, self.local_crops, rng, utt),
+            "index": index,
+        }
+
+
+def collate_multicrop(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """``global [B, G, Tg]``, ``local [B, L, Tl]``, ``indices [B]``."""
+    return {
+        "global": torch.from_numpy(np.stack([item["global"] for item in items])),
+        "local": torch.from_numpy(np.stack([item["local"] for item in items])),
+        "indices": torch.tensor([int(item["index"]) for item in items], dtype=torch.int64),
+    }
+
+
+class DinoLoaderFactory:
+    """Each epoch's multi-crop ``DataLoader``; picklable for DDP workers."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        unknown = sorted(set(config) - set(LOADER_DEFAULTS) - {"manifest_path", "seed"})
+        if unknown:
+            raise ValueError(
+                f"dino data: unknown key(s) {unknown}; allowed: {sorted(LOADER_DEFAULTS)}"
+            )
+        self.config = {**LOADER_DEFAULTS, **dict(config)}
+        manifest = pd.read_parquet(self.config["manifest_path"])
+        seed = int(self.config.get("seed", 0))
+        rate = int(self.config["sample_rate"])
+        # Babble is drawn from *other* utterances: each utterance is its own "speaker" here,
+        # since no speaker label may be used.
+        unlabeled = manifest.assign(speaker=manifest["utt_id"].astype(str))
+        augmenter = build_augmenter(self.config["augmentation"], unlabeled, rate, seed)
+        self.dataset = MultiCropDataset(
+            manifest,
+            float(self.config["global_seconds"]),
+            float(self.config["local_seconds"]),
+            int(self.config["global_crops"]),
+            int(self.config["local_crops"]),
+            augmenter,
+            rate,
+            float(self.config["max_read_seconds"]),
+            seed,
+        )
+
+    def __call__(self, request: LoaderRequest) -> DataLoader:
+        sampler = ShardedShuffleBatchSampler(
+            len(self.dataset),
+            int(self.config["batch_size"]),
+            seed=request.seed,
+            rank=request.rank,
+            world_size=request.world_size,
+        )
+        sampler.set_epoch(request.epoch)
+        self.dataset.set_epoch(request.epoch)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=SkipBatches(sampler, request.start_batch),
+            collate_fn=collate_multicrop,
+            num_workers=int(self.config["num_workers"]),
+            persistent_workers=False,
+        )
+
+
+class DinoTask:
+    """The DINO loss as a ``TrainingTask``; see the module docstring for its config.
+
+    ``total_steps`` (optimiser steps of the whole run) shapes the EMA-momentum ramp.
+    """
+
+    def __init__(self, config: Mapping[str, Any], total_steps: int) -> None:
+        unknown = sorted(set(config) - set(TASK_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"dino task: unknown key(s) {unknown}; allowed {sorted(TASK_DEFAULTS)}"
+            )
+        self.config = {k: float(v) for k, v in {**TASK_DEFAULTS, **dict(config)}.items()}
+        self.total_steps = int(total_steps)
+        self.teacher_step = 0  # optimiser steps already folded into the teacher
+
+    def teacher_temperature(self, step: int) -> float:
+        warmup = int(self.config["warmup_teacher_steps"])
+        start, end = self.config["teacher_temperature_start"], self.config["teacher_temperature"]
+        if warmup <= 0 or step >= warmup:
+            return end
+        return start + (end - start) * step / warmup
+
+    def ema_momentum(self, step: int) -> float:
+        return cosine_schedule(
+            self.config["ema_momentum"], self.config["ema_momentum_end"], step, self.total_steps
+        )
+
+    def compute_loss(self, model: Any, batch: Mapping[str, Any], state: TrainState) -> StepOutput:
+        inner = unwrap_model(state.model if state.model is not None else model)
+        # The teacher follows the student of the previous optimiser step (one EMA update per
+        # step, whatever the gradient accumulation); the count survives a resume.
+        while self.teacher_step < state.step:
+            inner.update_teacher(self.ema_momentum(self.teacher_step))
+            self.teacher_step += 1
+        output = model(batch["global"], batch["local"])
+        temperature = self.teacher_temperature(state.step)
+        per_sample = dino_loss(
+            output, inner.center, self.config["student_temperature"], temperature
+        )
+        batch_center = output.teacher.float().mean(dim=(0, 1))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)
+            batch_center /= dist.get_world_size()
+        inner.update_center(batch_center, self.config["center_momentum"])
+        with torch.no_grad():
+            probabilities = torch.softmax(
+                (output.teacher.float() - inner.center) / temperature, dim=-1
+            ).mean(dim=(0, 1))
+            # Entropy of the mean teacher distribution: near 0 means collapse to one prototype.
+            usage = float(-(probabilities * probabilities.clamp_min(1e-12).log()).sum())
+        extra = {
+            "teacher_temperature": temperature,
+            "ema_momentum": self.ema_momentum(state.step),
+            "prototype_entropy": usage,
+        }
+        return StepOutput(per_sample.mean(), per_sample.detach(), 0, len(per_sample), extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher_step": self.teacher_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.teacher_step = int(state.get("teacher_step", 0))
+
+
+def build_dino_task(config: Mapping[str, Any]) -> DinoTask:
+    """``{"dino": {...}, "total_steps": N}`` -> ``DinoTask`` (``TrainingJob.task_builder``)."""
+    return DinoTask(config.get("dino") or {}, int(config["total_steps"]))
+
+
+def build_dino_loader(config: Mapping[str, Any]) -> DinoLoaderFactory:
+    """``TrainingJob.loader_builder`` for DINO."""
+    return DinoLoaderFactory(config)
+
+
+def _planned_steps(n_items: int, data: Mapping[str, Any], training: Mapping[str, Any], world: int):
+    batches = n_items // (int(data.get("batch_size", LOADER_DEFAULTS["batch_size"])) * world)
+    if batches == 0:
+        raise ValueError(
+            f"DINO: {n_items} utterances cannot fill one batch of {data.get('batch_size')} "
+            f"x {world} process(es); lower dino data.batch_size"
+        )
+    per_epoch = batches // int(training.get("grad_accumulation", 1))
+    steps = [per_epoch * int(training["epochs"])] if training.get("epochs") else []
+    if training.get("max_steps"):
+        steps.append(int(training["max_steps"]))
+    return min(steps)
+
+
+def train_dino(
+    manifest: pd.DataFrame,
+    model: Mapping[str, Any],
+    dino: Mapping[str, Any],
+    training: Mapping[str, Any],
+    data: Mapping[str, Any],
+    run: Mapping[str, Any],
+    distributed: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Train DINO on ``manifest``'s audio (``utt_id``, ``path``, ``num_frames``,
+    ``sample_rate`` only: no speaker column is read) and return ``(checkpoint, metrics)``.
+
+    ``model``: the ``DinoModel`` config (``encoder`` + ``head``); ``dino``: the task config;
+    ``training``: ``TrainConfig`` keys; ``data``: loader keys (crops, batch, augmentation);
+    ``run``: ``{"work_dir", "resume"}``. Re-running resumes from ``work_dir``'s ``last.pt``.
+    """
+    work = Path(run["work_dir"])
+    columns = [
+        c for c in ("utt_id", "path", "duration", "num_frames", "sample_rate") if c in manifest
+    ]
+    unlabeled = manifest[columns].reset_index(drop=True)
+    manifest_path = work / "inputs" / "unlabeled.parquet"
+    with atomic_write_path(manifest_path) as tmp:
+        unlabeled.to_parquet(tmp, index=False)
+    launch_config = DistributedConfig.from_dict(dict(distributed or {}))
+    world = _world_size(launch_config)
+    job = TrainingJob(
+        model_builder="sv_kedro.models.dino:build_dino_model",
+        task_builder="sv_kedro.systems.dino:build_dino_task",
+        loader_builder="sv_kedro.systems.dino:build_dino_loader",
+        checkpoint_dir=str(work / "checkpoints"),
+        train_config=dict(training),
+        model_config=normalize_dino_config(model),
+        task_config={
+            "dino": dict(dino),
+            "total_steps": _planned_steps(len(unlabeled), data, training, world),
+        },
+        loader_config={
+            **copy.deepcopy(dict(data)),
+            "manifest_path": str(manifest_path),
+            "seed": int(training.get("seed", 0)),
+        },
+        architecture="dino",
+        resume=bool(run.get("resume", True)),
+    )
+    result = launch_training(job, launch_config)
+    return load_checkpoint(result.last_checkpoint_path), result.metrics
+
+
+def _world_size(config: DistributedConfig) -> int:
+    per_node = config.nproc_per_node
+    if per_node is None:
+        per_node = max(1, torch.cuda.device_count()) if config.device != "cpu" else 1
+    return max(1, int(per_node)) * max(1, int(config.nnodes))
+
+
+__all__ = [
+    "DinoLoaderFactory",
+    "DinoTask",
+    "MultiCropDataset",
+    "build_dino_loader",
+    "build_dino_task",
+    "collate_multicrop",
+    "train_dino",
+]

@@ -1,0 +1,178 @@
+"""DINO: student/teacher model, loss, EMA, centring, encoder export, and a resumable run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from sv_kedro.api import model_from_checkpoint
+from sv_kedro.models.dino import (
+    DinoModel,
+    DinoOutput,
+    cosine_schedule,
+    dino_loss,
+    encoder_checkpoint_payload,
+    normalize_dino_config,
+)
+from sv_kedro.systems.dino import DinoTask, MultiCropDataset, train_dino
+from sv_kedro.training.task import TrainState
+
+ENCODER = {
+    "architecture": "ecapa_tdnn",
+    "fbank": {"n_mels": 24},
+    "ecapa": {
+        "channels": 16,
+        "mfa_channels": 48,
+        "embedding_dim": 16,
+        "attention_dim": 8,
+        "se_bottleneck": 8,
+    },
+}
+CONFIG = {
+    "encoder": ENCODER,
+    "head": {"hidden_dim": 32, "bottleneck_dim": 8, "n_prototypes": 20, "n_layers": 2},
+}
+
+
+def test_forward_shapes_and_only_student_trains() -> None:
+    torch.manual_seed(0)
+    model = DinoModel(CONFIG)
+    output = model(torch.randn(3, 2, 8000), torch.randn(3, 4, 4000))
+    assert output.student.shape == (6, 3, 20)
+    assert output.teacher.shape == (2, 3, 20)
+    assert not output.teacher.requires_grad
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"student", "student_head"}
+    assert model.embedding_dim == 16
+
+
+def test_config_rejects_unknown_keys_naming_them() -> None:
+    with pytest.raises(ValueError, match="n_protos"):
+        normalize_dino_config({"encoder": ENCODER, "head": {"n_protos": 3}})
+    with pytest.raises(ValueError, match="encoder"):
+        normalize_dino_config({"head": {}})
+
+
+def test_loss_matches_cross_entropy_by_hand_and_skips_same_view() -> None:
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(3, 2, 5, generator=generator)  # 2 global + 1 local view
+    teacher = torch.randn(2, 2, 5, generator=generator)
+    center = torch.randn(5, generator=generator) * 0.1
+    loss = dino_loss(DinoOutput(student, teacher), center, 0.1, 0.04)
+    t = torch.softmax((teacher - center) / 0.04, dim=-1)
+    s = torch.log_softmax(student / 0.1, dim=-1)
+    pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]
+    expected = sum(-(t[g] * s[v]).sum(-1) for g, v in pairs) / len(pairs)
+    torch.testing.assert_close(loss, expected)
+    # A student that predicts the teacher's sharpened target exactly has the lowest loss.
+    perfect = torch.cat([teacher[[1, 0]], teacher[:1]]) * (0.1 / 0.04)
+    perfect_loss = dino_loss(DinoOutput(perfect, teacher), torch.zeros(5), 0.1, 0.04)
+    assert (perfect_loss < loss).all()
+
+
+def test_ema_update_and_centre() -> None:
+    torch.manual_seed(0)
+    model = DinoModel(CONFIG)
+    with torch.no_grad():
+        for parameter in model.student.parameters():
+            parameter.add_(1.0)
+    before = next(model.teacher.parameters()).clone()
+    student = next(model.student.parameters()).clone()
+    model.update_teacher(0.9)
+    torch.testing.assert_close(next(model.teacher.parameters()), 0.9 * before + 0.1 * student)
+    model.update_center(torch.ones(20), 0.75)
+    torch.testing.assert_close(model.center, torch.full((20,), 0.25))
+
+
+def test_cosine_schedule_ends() -> None:
+    assert cosine_schedule(0.99, 1.0, 0, 100) == pytest.approx(0.99)
+    assert cosine_schedule(0.99, 1.0, 50, 100) == pytest.approx(0.995)
+    assert cosine_schedule(0.99, 1.0, 500, 100) == pytest.approx(1.0)
+
+
+def test_task_updates_teacher_once_per_optimiser_step() -> None:
+    torch.manual_seed(0)
+    model = DinoModel(CONFIG)
+    task = DinoTask({"ema_momentum": 0.5, "ema_momentum_end": 0.5}, total_steps=10)
+    batch = {"global": torch.randn(2, 2, 4000), "local": torch.randn(2, 2, 2000)}
+    out = task.compute_loss(model, batch, TrainState(step=0, model=model))
+    assert out.per_sample_loss.shape == (2,) and math.isfinite(float(out.loss.detach()))
+    assert task.teacher_step == 0
+    task.compute_loss(model, batch, TrainState(step=2, model=model))
+    assert task.teacher_step == 2
+    restored = DinoTask({}, total_steps=10)
+    restored.load_state_dict(task.state_dict())
+    assert restored.teacher_step == 2
+
+
+def _write_corpus(root: Path, n: int = 8) -> pd.DataFrame:
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = root / f"utt{i}.wav"
+        t = np.arange(16000) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (120 + 15 * i) * t) + 0.01 * rng.standard_normal(16000)
+        sf.write(path, wave.astype(np.float32), 16000)
+        rows.append(
+            {
+                "utt_id": f"utt{i}.wav",
+                "path": str(path),
+                "duration": 1.0,
+                "num_frames": 16000,
+                "sample_rate": 16000,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_multicrop_items_are_deterministic_per_epoch(tmp_path: Path) -> None:
+    manifest = _write_corpus(tmp_path, 2)
+    dataset = MultiCropDataset(manifest, 0.5, 0.25, 2, 3, seed=3)
+    first = dataset[1]
+    assert first["global"].shape == (2, 8000) and first["local"].shape == (3, 4000)
+    np.testing.assert_array_equal(dataset[1]["global"], first["global"])
+    dataset.set_epoch(1)
+    assert not np.array_equal(dataset[1]["global"], first["global"])
+    with pytest.raises(ValueError, match="2 crops"):
+        MultiCropDataset(manifest, 0.5, 0.25, 1, 0)
+
+
+def test_train_dino_resumes_and_exports_an_encoder(tmp_path: Path) -> None:
+    manifest = _write_corpus(tmp_path)
+    args = dict(
+        model=CONFIG,
+        dino={"ema_momentum": 0.9},
+        training={"epochs": 1, "lr": 1e-3, "log_every": 1, "progress_bar": False},
+        data={"batch_size": 4, "global_seconds": 0.5, "local_seconds": 0.25, "local_crops": 2},
+    )
+    run = {"work_dir": str(tmp_path / "work"), "resume": True}
+    payload, metrics = train_dino(manifest.assign(speaker="secret"), run=run, **args)
+    assert payload["architecture"] == "dino"
+    assert payload["training_state"]["step"] == 2
+    assert metrics["loss"].dropna().map(math.isfinite).all()
+    # No speaker column reaches the workers' input.
+    written = pd.read_parquet(tmp_path / "work/inputs/unlabeled.parquet")
+    assert "speaker" not in written.columns
+    # Two epochs continue from the first one's checkpoint.
+    args["training"] = {**args["training"], "epochs": 2}
+    resumed, _ = train_dino(manifest, run=run, **args)
+    assert resumed["training_state"]["step"] == 4
+    assert resumed["training_state"]["loss_gate"]["task"]["teacher_step"] >= 3
+    encoder = encoder_checkpoint_payload(resumed)
+    model = model_from_checkpoint(encoder)
+    teacher = {
+        k[len("teacher.") :]: v
+        for k, v in resumed["model_state"].items()
+        if k.startswith("teacher.")
+    }
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, teacher[name])
+    assert model.embed(torch.randn(2, 8000)).shape == (2, 16)
+    with pytest.raises(ValueError, match="not a DINO checkpoint"):
+        encoder_checkpoint_payload(encoder)

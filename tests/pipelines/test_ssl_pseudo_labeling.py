@@ -1,0 +1,221 @@
+"""ssl_pseudo_labeling through real Kedro sessions on the generated base corpus.
+
+One module-scoped run (data_engineering, then ssl_pseudo_labeling with the shipped base
+parameters) in a throw-away copy of the project; the acceptance figures are read from that
+run's own outputs. The external-embeddings variant and the bad-embedding checks reuse the
+run's manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from sv_kedro.datasets import EmbeddingsDataset
+from sv_kedro.pipelines.ssl_pseudo_labeling import create_pipeline, evaluated_systems
+from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import pseudo_labeled_manifest
+from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+
+THREADS = {"ssl_pseudo_labeling": {"run": {"torch_threads": 1}}}
+
+
+def _run(project: Path, pipeline: str, params: dict[str, Any], **options: Any) -> None:
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=[pipeline], **options)
+
+
+@pytest.fixture(scope="module")
+def ssl_project(project_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = tmp_path_factory.mktemp("ssl") / "project"
+    project.mkdir()
+    shutil.copytree(project_root / "conf", project / "conf")
+    shutil.copy(project_root / "pyproject.toml", project / "pyproject.toml")
+    (project / "src").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        _run(project, "data_engineering", {})
+        _run(project, "ssl_pseudo_labeling", THREADS)
+    return project
+
+
+def _health(project: Path, stage: str) -> dict[str, float]:
+    path = project / f"data/08_reporting/ssl_pseudo_labeling.{stage}/cluster_health.json"
+    return json.loads(path.read_text())
+
+
+def test_pipeline_structure_and_registered_systems() -> None:
+    three = create_pipeline(iterations=3)
+    names = {n.name for n in three.nodes}
+    assert "ssl_pseudo_labeling.iter_3.fine_tune_on_pseudo_labels" in names
+    assert "ssl_pseudo_labeling.lmft.large_margin_fine_tune" in names
+    assert evaluated_systems(iterations=2) == [
+        "ssl_pseudo_labeling.dino",
+        "ssl_pseudo_labeling.iter_1",
+        "ssl_pseudo_labeling.iter_2",
+        "ssl_pseudo_labeling.lmft",
+    ]
+    external = create_pipeline("external", iterations=1)
+    assert "ssl_pseudo_labeling.external_embeddings" in external.inputs()
+    assert not any("dino" in n.name for n in external.nodes)
+    with pytest.raises(ValueError, match="initial_source"):
+        create_pipeline("pretrained")
+
+
+def test_training_input_never_holds_true_speakers() -> None:
+    manifest = pd.DataFrame(
+        {
+            "utt_id": ["a", "b"],
+            "speaker": ["s1", "s2"],
+            "path": ["/a", "/b"],
+            "speaker_index": [0, 1],
+        }
+    )
+    labels = pd.DataFrame({"utt_id": ["b", "a"], "speaker_index": [0, 0]})
+    training = pseudo_labeled_manifest(manifest, labels)
+    assert training["speaker"].tolist() == ["pseudo00000", "pseudo00000"]
+    assert training["speaker_index"].tolist() == [0, 0]
+    assert "true_speaker" not in training.columns
+    with pytest.raises(ValueError, match="'a'"):
+        pseudo_labeled_manifest(manifest, labels.iloc[:1])
+
+
+def test_every_stage_pays_its_way(ssl_project: Path) -> None:
+    summary = pd.read_csv(ssl_project / "data/08_reporting/ssl_summary.csv").set_index("stage")
+    assert summary.index.tolist() == ["initial", "iter_1", "iter_2", "lmft"]
+    assert (ssl_project / "data/08_reporting/ssl_summary.md").read_text().count("| iter_") == 2
+    nmi = {stage: _health(ssl_project, stage)["nmi"] for stage in summary.index}
+    assert summary.loc["iter_1", "nmi"] == pytest.approx(nmi["iter_1"], abs=1e-4)
+    # Round 1 beats the DINO embeddings' own clustering; later rounds do not fall.
+    assert nmi["iter_1"] > nmi["initial"]
+    assert nmi["iter_2"] >= nmi["iter_1"]
+    # The final (LMFT) model verifies better than the initial (DINO) embeddings.
+    assert summary.loc["lmft", "eer_percent"] < summary.loc["initial", "eer_percent"]
+    for stage in ("dino", "iter_1", "iter_2", "lmft"):
+        metrics = ssl_project / f"data/08_reporting/ssl_pseudo_labeling.{stage}/metrics.json"
+        assert json.loads(metrics.read_text())["test"]["fusion"]["eer"] * 100 == pytest.approx(
+            summary.loc["initial" if stage == "dino" else stage, "eer_percent"], abs=1e-3
+        )
+
+
+def test_stage_outputs_exist_and_labels_are_aligned(ssl_project: Path) -> None:
+    train = pd.read_parquet(ssl_project / "data/05_model_input/train_manifest.parquet")
+    for stage in ("initial", "iter_1", "iter_2", "lmft"):
+        table = pd.read_parquet(
+            ssl_project / f"data/05_model_input/ssl_pseudo_labeling.{stage}/pseudo_labels.parquet"
+        )
+        assert table["utt_id"].tolist() == train["utt_id"].tolist()
+        assert table["pseudo_label"].nunique() == _health(ssl_project, stage)["n_clusters"] <= 40
+        assert (
+            (ssl_project / f"data/08_reporting/ssl_pseudo_labeling.{stage}/cluster_sizes.png")
+            .stat()
+            .st_size
+        )
+    for stage in ("iter_1", "iter_2", "lmft"):
+        report = ssl_project / f"data/08_reporting/ssl_pseudo_labeling.{stage}"
+        assert (report / "loss_gate.png").stat().st_size > 0
+        assert len(pd.read_csv(report / "training_metrics.csv")) > 0
+        assert (ssl_project / f"data/06_models/ssl_pseudo_labeling.{stage}/checkpoint.pt").is_file()
+    lmft = torch.load(
+        ssl_project / "data/06_models/ssl_pseudo_labeling.lmft/checkpoint.pt", weights_only=True
+    )
+    assert lmft["architecture"] == "ecapa_tdnn"
+    gate = lmft["training_state"]["loss_gate"]
+    iter_2 = torch.load(
+        ssl_project / "data/06_models/ssl_pseudo_labeling.iter_2/checkpoint.pt", weights_only=True
+    )
+    history = iter_2["training_state"]["loss_gate"]["task"]["gate"]["history"]
+    assert len(history) == 7 and gate["task"].get("gate") is None
+
+
+def _initial_vectors(project: Path) -> EmbeddingTable:
+    return EmbeddingsDataset(
+        filepath=str(project / "data/04_feature/ssl_pseudo_labeling/initial_embeddings")
+    ).load()
+
+
+def _external_params(path: Path, epochs: int = 1) -> dict[str, Any]:
+    return {
+        "ssl_external_embeddings": str(path),
+        "ssl_pseudo_labeling": {
+            "run": {"torch_threads": 1, "work_dir": "data/06_models/ssl_external_work"},
+            "finetune": {"training": {"epochs": epochs}},
+        },
+    }
+
+
+def test_external_embeddings_path_runs_from_a_published_pt_file(
+    ssl_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ssl_project)
+    table = _initial_vectors(ssl_project)
+    published = ssl_project / "external" / "vox2_dev_embeddings.pt"
+    published.parent.mkdir()
+    torch.save({key: torch.from_numpy(table[key].copy()) for key in table}, published)
+    _run(
+        ssl_project,
+        "ssl_pseudo_labeling_external",
+        _external_params(published),
+        to_nodes=["ssl_pseudo_labeling.iter_1.cluster_training_embeddings"],
+    )
+    stored = _initial_vectors(ssl_project)
+    np.testing.assert_allclose(stored.vectors, table.vectors)
+    health = _health(ssl_project, "iter_1")
+    assert 0.0 <= health["nmi"] <= 1.0 and health["n_clusters"] >= 2
+    checkpoint = ssl_project / "data/06_models/ssl_pseudo_labeling.iter_1/checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["training_state"]["epoch"] == 1
+
+
+def _bad_run(project: Path, path: Path) -> None:
+    _run(
+        project,
+        "ssl_pseudo_labeling_external",
+        _external_params(path),
+        to_nodes=["ssl_pseudo_labeling.check_external_embeddings"],
+    )
+
+
+@pytest.mark.parametrize("fault", ["nan", "extra", "missing"])
+def test_bad_pt_embeddings_stop_the_run_naming_the_key(
+    ssl_project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fault: str
+) -> None:
+    monkeypatch.chdir(ssl_project)
+    table = _initial_vectors(ssl_project)
+    mapping = {key: torch.from_numpy(table[key].copy()) for key in table}
+    victim = table.keys_[5]
+    if fault == "nan":
+        mapping[victim][3] = float("nan")
+    elif fault == "extra":
+        victim = "id99999/unknown/00001.wav"
+        mapping[victim] = mapping[table.keys_[0]].clone()
+    else:
+        del mapping[victim]
+    path = tmp_path / f"{fault}.pt"
+    torch.save(mapping, path)
+    with pytest.raises(EmbeddingError, match=victim.replace(".", r"\.")):
+        _bad_run(ssl_project, path)
+
+
+def test_duplicate_keys_in_compact_embeddings_stop_the_run(
+    ssl_project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(ssl_project)
+    table = _initial_vectors(ssl_project)
+    folder = tmp_path / "compact"
+    EmbeddingsDataset(filepath=str(folder)).save(table)
+    keys = (folder / "keys.txt").read_text().splitlines()
+    duplicated = keys[0]
+    keys[1] = duplicated
+    (folder / "keys.txt").write_text("\n".join(keys) + "\n")
+    with pytest.raises(Exception, match=duplicated.replace(".", r"\.")) as caught:
+        _bad_run(ssl_project, folder)
+    assert "duplicate" in str(caught.value)
