@@ -39,7 +39,15 @@ from kedro.io.core import (
     get_protocol_and_path,
 )
 
-from sv_kedro.datasets.previews import TablePreview, embeddings_table_preview
+from sv_kedro.datasets.embedding_projection import (
+    SPEAKER_LABELS,
+    ProjectionError,
+    labels_for,
+    pca_2d,
+    projection_png_preview,
+    sample_rows,
+)
+from sv_kedro.datasets.previews import ImagePreview, TablePreview, embeddings_table_preview
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.training.checkpoint import CheckpointError, torch_load_weights_only
 from sv_kedro.utils.atomic import atomic_write_path
@@ -69,6 +77,10 @@ class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
           filepath: data/01_raw/dino_embeddings.pt            # format inferred: pt
 
     Non-finite vectors load as they are; ``EmbeddingTable.check_finite()`` finds them.
+
+    kedro-viz shows a table by default; ``metadata: {kedro-viz: {preview_args: {kind:
+    projection, labels_from: speaker}}}`` shows a PCA scatter instead (see
+    :meth:`projection_preview`).
     """
 
     DEFAULT_LOAD_ARGS: ClassVar[dict[str, Any]] = {"mmap_mode": None}
@@ -105,6 +117,10 @@ class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
         self._protocol = protocol
         self._fs = fsspec.filesystem(protocol, **fs_options)
         self.metadata = metadata
+        if _viz_preview_kind(metadata) == "projection":
+            # kedro-viz picks its renderer from the return annotation of ``preview``, so an
+            # entry that asks for the projection must expose an image-annotated preview.
+            self.preview = self._viz_projection_preview  # type: ignore[method-assign]
         super().__init__(
             filepath=PurePosixPath(path),
             version=version,
@@ -168,6 +184,44 @@ class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
             vectors = self._load_npy(path).vectors
         _check_shape(vectors, meta, path)
         return embeddings_table_preview(keys, vectors, nrows, nvalues)
+
+    def projection_preview(
+        self,
+        labels_from: str = SPEAKER_LABELS,
+        label_column: str = "label",
+        max_points: int = 1500,
+        seed: int = 0,
+    ) -> ImagePreview:
+        """PNG of the embeddings' 2-D PCA projection (of L2-normalised rows), one colour per
+        label: the speaker folder of the utt_id (``labels_from="speaker"``) or the
+        ``label_column`` of a parquet/CSV table at path ``labels_from`` (e.g. pseudo-labels).
+        At most ``max_points`` rows (a seeded sample) are read and drawn.
+        """
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        if self._format == "pt" or self._protocol != "file":
+            table = self.load()
+            keys, vectors = table.keys_, table.vectors
+        else:
+            meta = self._read_meta(path)
+            with self._fs.open(f"{path}/{KEYS_FILE}", "r", encoding="utf-8") as handle:
+                keys = handle.read().split("\n")[:-1]
+            vectors = np.load(f"{path}/{VECTORS_FILE}", mmap_mode="r", allow_pickle=False)
+            _check_shape(vectors, meta, path)
+        rows = sample_rows(len(keys), max_points, seed)
+        shown_keys = [keys[i] for i in rows]
+        try:
+            coords, explained = pca_2d(np.asarray(vectors[rows]))
+            labels = labels_for(shown_keys, labels_from, label_column)
+        except ProjectionError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+        label_name = SPEAKER_LABELS if labels_from == SPEAKER_LABELS else label_column
+        title = f"{PurePosixPath(path).name}: PCA of {len(rows)} / {len(keys)} embeddings"
+        return projection_png_preview(coords, labels, explained, title, label_name)
+
+    def _viz_projection_preview(self, kind: str = "projection", **kwargs: Any) -> ImagePreview:
+        if kind != "projection":
+            raise DatasetError(f"{self._filepath}: preview kind {kind!r}; use 'projection'")
+        return self.projection_preview(**kwargs)
 
     # -- pt --------------------------------------------------------------------------
 
@@ -328,6 +382,11 @@ def table_from_vectors(mapping: Mapping[str, Any], source: str = "<embeddings>")
         return EmbeddingTable(keys, vectors)
     except EmbeddingError as exc:
         raise DatasetError(f"{source}: {exc}") from exc
+
+
+def _viz_preview_kind(metadata: Mapping[str, Any] | None) -> str:
+    viz = (metadata or {}).get("kedro-viz") or {}
+    return str((viz.get("preview_args") or {}).get("kind", "table"))
 
 
 def _check_shape(vectors: np.ndarray, meta: Mapping[str, Any], path: str) -> None:
