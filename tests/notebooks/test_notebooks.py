@@ -9,7 +9,6 @@ executed notebooks are saved next to the browser screenshots for inspection.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nbformat
@@ -19,11 +18,9 @@ from tiny_run import OFFLINE_ENV, PROJECT_ROOT, copy_project, finished_run
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 CELL_TIMEOUT_S = 300
-# The aim is under 2 minutes each; the bound leaves room for a loaded CI machine.
-BUDGET_S = 180
 
 
-def execute(name: str, project: Path, artifacts: Path) -> tuple[nbformat.NotebookNode, float]:
+def execute(name: str, project: Path, artifacts: Path) -> nbformat.NotebookNode:
     """Run every cell of ``notebooks/<name>`` with ``project`` as the working directory."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = NotebookClient(
@@ -32,13 +29,12 @@ def execute(name: str, project: Path, artifacts: Path) -> tuple[nbformat.Noteboo
         kernel_name="python3",
         resources={"metadata": {"path": str(project)}},
     )
-    started = time.perf_counter()
     try:
         client.execute()
     finally:
         artifacts.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, artifacts / name)
-    return notebook, time.perf_counter() - started
+    return notebook
 
 
 def outputs_of(notebook: nbformat.NotebookNode, kind: str) -> list[str]:
@@ -74,12 +70,11 @@ def artifacts(tmp_path: Path) -> Path:
 @pytest.mark.usefixtures("kernel_env")
 def test_quickstart_trains_and_evaluates_a_tiny_system(tmp_path: Path, artifacts: Path):
     project = copy_project(tmp_path / "project")
-    notebook, seconds = execute("01_quickstart.ipynb", project, artifacts)
+    notebook = execute("01_quickstart.ipynb", project, artifacts)
     metrics = json.loads((project / "data/08_reporting/quickstart/metrics.json").read_text())
     assert 0.0 <= metrics["test"]["fusion"]["eer"] <= 1.0
     assert (project / "data/06_models/quickstart/checkpoint.pt").is_file()
     assert len(outputs_of(notebook, "image/png")) >= 3  # loss curve, histogram, DET
-    assert seconds < BUDGET_S, f"01_quickstart took {seconds:.0f} s (budget {BUDGET_S} s)"
 
 
 @pytest.mark.usefixtures("kernel_env")
@@ -87,7 +82,7 @@ def test_explore_run_reads_a_finished_run(
     tmp_path_factory: pytest.TempPathFactory, artifacts: Path
 ):
     run = finished_run(tmp_path_factory)
-    notebook, seconds = execute("02_explore_run.ipynb", run.project, artifacts)
+    notebook = execute("02_explore_run.ipynb", run.project, artifacts)
     text = "\n".join(outputs_of(notebook, "text/plain") + outputs_of(notebook, "stream"))
     assert "evaluated systems" in text
     # Embeddings, pseudo-label quality, score histograms and the DET figure.
@@ -95,4 +90,3 @@ def test_explore_run_reads_a_finished_run(
     pseudo_label_rounds = sorted(run.data.glob("05_model_input/ssl_pseudo_labeling.*"))
     if pseudo_label_rounds:
         assert "purity" in text and "No pseudo-label tables" not in text
-    assert seconds < BUDGET_S, f"02_explore_run took {seconds:.0f} s (budget {BUDGET_S} s)"
