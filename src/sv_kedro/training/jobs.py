@@ -29,6 +29,7 @@ from sv_kedro.training.distributed import init_distributed, shutdown_distributed
 from sv_kedro.training.launcher import DistributedConfig, launch
 from sv_kedro.training.loop import train
 from sv_kedro.training.progress import metrics_frame
+from sv_kedro.training.resume import seed_everything
 
 
 @dataclass
@@ -85,6 +86,9 @@ def run_training_worker(job: TrainingJob) -> dict[str, Any]:
     """The entry point of every training process (module-level, so spawn can import it)."""
     ctx = init_distributed(job.device, job.timeout_s)
     try:
+        # A fresh model's weights come from the global RNG: seed it first, so the same job
+        # gives the same model whatever ran earlier in this process (same on every rank).
+        seed_everything(int(job.train_config.get("seed", 0)))
         model = resolve_callable(job.model_builder, "model_builder")(dict(job.model_config))
         task = resolve_callable(job.task_builder, "task_builder")(dict(job.task_config))
         loader_factory = resolve_callable(job.loader_builder, "loader_builder")(
