@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
 from sv_kedro.api import model_from_checkpoint
+from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.scoring.asnorm import as_norm_scores, speaker_cohort
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingTable
@@ -22,6 +24,8 @@ from sv_kedro.scoring.plots import det_curve_figure, score_histogram_figure
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cosine", "cosine_crops", "fusion", "asnorm", "plda")
+PAIR_BACKEND = "pair"
+PAIRED_ARCHITECTURE = "ssl_paired"
 
 
 def _extraction_config(params: Mapping[str, Any]) -> tuple[ExtractionConfig, str | None]:
@@ -112,6 +116,63 @@ def _fused_table(full: EmbeddingTable, crops: EmbeddingTable) -> EmbeddingTable:
     return EmbeddingTable(full.keys_, ((unit + crops.vectors) / 2).astype(np.float32))
 
 
+def _padded_frames(frames: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[T_i, D]`` tensors -> ``(frames [B, T_max, D], mask [B, T_max])`` (padding at the end)."""
+    longest = max(len(f) for f in frames)
+    batch = frames[0].new_zeros(len(frames), longest, frames[0].shape[-1])
+    mask = torch.zeros(len(frames), longest, dtype=torch.bool, device=frames[0].device)
+    for row, item in enumerate(frames):
+        batch[row, : len(item)] = item
+        mask[row, : len(item)] = True
+    return batch, mask
+
+
+def score_pairs_batched(
+    model: Any,
+    manifest: pd.DataFrame,
+    trials: pd.DataFrame,
+    max_seconds: float | None = 20.0,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Same-speaker logits of the paired (BCE) model for every trial ``[n_trials]``.
+
+    Equal to scoring one pair at a time (``PairedSpeakerModel.score_pairs``): each
+    utterance's CNN features are computed once, alone (no padding), and cached; pairs of
+    similar total length are then packed ``[CLS] a [SEP] b [END]`` and run through the
+    transformer in padded batches, which the model's masks make exact.
+    """
+    paths = manifest.drop_duplicates("utt_id").set_index("utt_id")["path"].astype(str)
+    enrol = trials["enrol"].astype(str).to_numpy()
+    test = trials["test"].astype(str).to_numpy()
+    missing = sorted(set(enrol) - set(paths.index) | set(test) - set(paths.index))
+    if missing:
+        raise ValueError(f"pair scoring: trial utterance(s) not in the manifest: {missing[:5]}")
+    device = next(model.parameters()).device
+    model.eval()
+    features: dict[str, torch.Tensor] = {}
+    scores = np.empty(len(trials), dtype=np.float64)
+    with torch.no_grad():
+        for utt in pd.unique(np.concatenate([enrol, test])):
+            full = evaluation_inputs(paths[utt], n_crops=0, max_seconds=max_seconds).full
+            frames, mask = model.frontend.extract_features(
+                torch.from_numpy(full)[None].to(device), None
+            )[:2]
+            features[utt] = frames[0, mask[0]]
+        sizes = np.array(
+            [len(features[a]) + len(features[b]) for a, b in zip(enrol, test, strict=True)]
+        )
+        order = np.argsort(sizes, kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            frames_a, mask_a = _padded_frames([features[u] for u in enrol[rows]])
+            frames_b, mask_b = _padded_frames([features[u] for u in test[rows]])
+            sequence, mask = model.pack_pair(frames_a, mask_a, frames_b, mask_b)
+            encoded = model.frontend.encode(sequence, mask, output_hidden_states=False)
+            logits = model.classifier(encoded.frames[:, 0]).squeeze(-1)
+            scores[rows] = logits.double().cpu().numpy()
+    return scores
+
+
 def score_trial_sets(
     test_embeddings: EmbeddingTable,
     test_crop_embeddings: EmbeddingTable,
@@ -120,10 +181,23 @@ def score_trial_sets(
     test_trials: pd.DataFrame,
     trial_lists: Mapping[str, Callable[[], pd.DataFrame]] | None,
     scoring: dict[str, Any],
+    checkpoint: Mapping[str, Any] | None = None,
+    test_manifest: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], Figure]:
-    """Scores (one row per trial and back-end column), metrics and a score histogram."""
+    """Scores (one row per trial and back-end column), metrics and a score histogram.
+
+    A paired (BCE) checkpoint (``architecture: ssl_paired``) also gets the ``pair``
+    back-end, its real score (each trial scored jointly, full utterances capped at
+    ``scoring.pair_max_seconds``), which is then its main back-end; its cosine back-ends
+    only use the mean-frame vectors the BCE objective never trained.
+    """
     rows = []
     metrics: dict[str, Any] = {}
+    pair_model = None
+    if checkpoint is not None and checkpoint.get("architecture") == PAIRED_ARCHITECTURE:
+        if test_manifest is None:
+            raise ValueError("score_trial_sets: the paired model needs test_manifest")
+        pair_model = model_from_checkpoint(checkpoint)
     for set_name, trials in _trial_sets(test_trials, trial_lists).items():
         if trials["label"].isna().any():
             raise ValueError(f"trial set {set_name!r} has unlabelled trials; cannot compute EER")
@@ -144,12 +218,20 @@ def score_trial_sets(
                 "test": trials["test"].astype(str).to_numpy(),
             }
         )
+        if pair_model is not None:
+            by_backend[PAIR_BACKEND] = score_pairs_batched(
+                pair_model,
+                test_manifest,
+                trials,
+                scoring.get("pair_max_seconds", 20.0),
+                int(scoring.get("pair_batch_size", 32)),
+            )
         for backend, values in by_backend.items():
             frame[backend] = values
             metrics.setdefault(set_name, {})[backend] = verification_metrics(values, labels)
         rows.append(frame)
     scores = pd.concat(rows, ignore_index=True)
-    main_backend = scoring.get("main_backend", "fusion")
+    main_backend = PAIR_BACKEND if pair_model is not None else scoring.get("main_backend", "fusion")
     main = scores[scores.trial_set == "test"]
     figure = score_histogram_figure(
         main[main_backend].to_numpy(), main["label"].to_numpy(), title=f"{main_backend} scores"
@@ -186,8 +268,10 @@ def compare_systems(
                 )
         scores = system_outputs[f"{system}__scores"]
         main = scores[scores.trial_set == "test"]
-        if main_backend in main:
-            curves[system] = (main[main_backend].to_numpy(), main["label"].to_numpy())
+        # A paired model's own score is its pair back-end, whatever the others use.
+        backend = PAIR_BACKEND if PAIR_BACKEND in main else main_backend
+        if backend in main:
+            curves[system] = (main[backend].to_numpy(), main["label"].to_numpy())
     table = pd.DataFrame(rows).sort_values(["trial_set", "backend", "eer_percent"])
     table = table.reset_index(drop=True)
     return table, _markdown(table), det_curve_figure(curves, title=f"DET ({main_backend})")

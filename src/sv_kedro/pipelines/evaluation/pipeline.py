@@ -47,6 +47,8 @@ def system_evaluation_template() -> Pipeline:
                     "test_trials",
                     "trial_lists",
                     "params:evaluation.scoring",
+                    "checkpoint",  # the paired (BCE) model scores trials jointly
+                    "test_manifest",
                 ],
                 outputs=["scores", "metrics", "score_histogram"],
                 name="score_trial_sets",

@@ -1,0 +1,316 @@
+"""Run a sweep: one ``kedro run`` per (grid point, seed), each in its own folder.
+
+Every run gets ``<output_root>/<sweep>/runs/<run_id>/``, a throw-away Kedro project that
+shares the real project's ``conf`` and input data layers (``data/01_raw`` ..
+``data/05_model_input``, symlinked) but writes its own checkpoints, embeddings and
+metrics under its own ``data/06_models`` .. ``data/08_reporting``. So runs never overwrite
+each other, and a finished run's outputs stay for inspection.
+
+Bookkeeping files in a run folder:
+
+- ``run.json``: what to run (pipeline, env, namespace, ``--params`` overrides);
+- ``result.json``: written last, on success, with the run's metrics. Its presence marks
+  the run as finished: a re-run of the sweep skips it;
+- ``failure.json``: the error of the last failed attempt (a re-run tries again);
+- ``log.txt``: stdout and stderr of a subprocess run.
+
+Executors: ``local`` runs one after another (``isolation: subprocess``, the default, starts
+a fresh Python per run so a crash or a leak cannot touch the others; ``in_process`` saves
+the start-up time); ``slurm`` submits one array task per run through ``submitit`` and
+waits. A failed run is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sv_kedro.sweeps.spec import SweepRun, SweepSpec
+from sv_kedro.utils.atomic import atomic_write_path
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+FAILURE_FILE = "failure.json"
+LOG_FILE = "log.txt"
+# Input layers a run reads from the project (outputs 06-08 stay inside the run folder).
+SHARED_LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input")
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run in this invocation: ``done``, ``skipped`` or ``failed``."""
+
+    run_id: str
+    status: str
+    wall_s: float = 0.0
+    error: str = ""
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_write_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(payload, indent=2, default=str))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file is absent."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _link(target: Path, link: Path) -> None:
+    if link.is_symlink() or link.exists():
+        if link.is_symlink() and link.resolve() == target.resolve():
+            return
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        else:
+            raise FileExistsError(f"{link} exists and is not a link to {target}")
+    link.symlink_to(target, target_is_directory=target.is_dir())
+
+
+def prepare_run_dir(project: Path, sweep_dir: Path, spec: SweepSpec, run: SweepRun) -> Path:
+    """Create (or refresh) the run's project folder and its ``run.json``."""
+    project = project.resolve()
+    run_dir = sweep_dir / "runs" / run.run_id
+    (run_dir / "data").mkdir(parents=True, exist_ok=True)
+    (run_dir / "src").mkdir(exist_ok=True)  # kedro checks the source folder exists
+    _link(project / "conf", run_dir / "conf")
+    shutil.copyfile(project / "pyproject.toml", run_dir / "pyproject.toml")
+    for layer in SHARED_LAYERS:
+        if (project / "data" / layer).exists():
+            _link(project / "data" / layer, run_dir / "data" / layer)
+    _write_json(
+        run_dir / RUN_FILE,
+        {
+            "sweep": spec.name,
+            "run_id": run.run_id,
+            "point": run.point,
+            "seed": run.seed,
+            "pipeline": spec.pipeline,
+            "namespace": spec.system,
+            "env": spec.env,
+            "overrides": run.overrides,
+            "runtime_params": run.runtime_params,
+            "metric": spec.metric,
+        },
+    )
+    return run_dir
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run the block with ``path`` as the working directory; restored afterwards."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def select_metric(metrics: dict[str, Any], metric: dict[str, str], where: str) -> dict[str, float]:
+    """EER and minDCFs of ``metric``'s trial set and back-end from an evaluation metrics JSON."""
+    trial_set, backend = metric["trial_set"], metric["backend"]
+    if trial_set not in metrics:
+        raise KeyError(f"{where}: no trial set {trial_set!r}; found {sorted(metrics)}")
+    by_backend = metrics[trial_set]
+    if backend not in by_backend:
+        raise KeyError(
+            f"{where}: no back-end {backend!r} in trial set {trial_set!r}; "
+            f"found {sorted(by_backend)}"
+        )
+    values = by_backend[backend]
+    return {key: float(values[key]) for key in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
+
+
+def run_point(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run one sweep run in its folder (what a subprocess or a Slurm task executes).
+
+    Writes ``result.json`` on success and ``failure.json`` (then re-raises) on error.
+    """
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    run_dir = Path(run_dir).resolve()
+    spec = read_json(run_dir / RUN_FILE)
+    if spec is None:
+        raise FileNotFoundError(f"{run_dir / RUN_FILE} is missing: prepare the run folder first")
+    start = time.perf_counter()
+    try:
+        with working_directory(run_dir):
+            bootstrap_project(run_dir)
+            with KedroSession.create(
+                project_path=run_dir, env=spec["env"], runtime_params=spec["runtime_params"]
+            ) as session:
+                session.run(pipeline_names=[spec["pipeline"]], namespaces=[spec["namespace"]])
+        metrics_path = run_dir / "data" / "08_reporting" / spec["namespace"] / "metrics.json"
+        metrics = read_json(metrics_path)
+        if metrics is None:
+            raise FileNotFoundError(f"{metrics_path}: the run wrote no evaluation metrics")
+        result = {
+            "run_id": spec["run_id"],
+            "point": spec["point"],
+            "seed": spec["seed"],
+            "overrides": spec["overrides"],
+            "metric": spec["metric"],
+            **select_metric(metrics, spec["metric"], str(metrics_path)),
+            "wall_s": time.perf_counter() - start,
+        }
+    except BaseException as error:
+        _write_json(
+            run_dir / FAILURE_FILE,
+            {
+                "run_id": spec["run_id"],
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(),
+                "wall_s": time.perf_counter() - start,
+            },
+        )
+        raise
+    _write_json(run_dir / RESULT_FILE, result)
+    (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+    return result
+
+
+def _failure_message(run_dir: Path, fallback: str) -> str:
+    failure = read_json(run_dir / FAILURE_FILE)
+    return str(failure["error"]) if failure else fallback
+
+
+def execute_local(run_dirs: Sequence[Path], isolation: str) -> list[RunOutcome]:
+    """Run each folder one after another; a failure is recorded and the next run starts."""
+    outcomes = []
+    for index, run_dir in enumerate(run_dirs, 1):
+        log.info("sweep run %d/%d: %s", index, len(run_dirs), run_dir.name)
+        start = time.perf_counter()
+        if isolation == "in_process":
+            try:
+                run_point(run_dir)
+                outcome = RunOutcome(run_dir.name, "done")
+            except Exception as error:  # one bad grid point must not stop the sweep
+                log.error("sweep run %s failed: %s", run_dir.name, error)
+                outcome = RunOutcome(
+                    run_dir.name, "failed", error=f"{type(error).__name__}: {error}"
+                )
+        else:
+            with open(run_dir / LOG_FILE, "w") as log_file:
+                completed = subprocess.run(
+                    [sys.executable, "-m", "sv_kedro.sweeps.execution", str(run_dir)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                )
+            if completed.returncode == 0:
+                outcome = RunOutcome(run_dir.name, "done")
+            else:
+                message = _failure_message(
+                    run_dir, f"exit code {completed.returncode}; see {run_dir / LOG_FILE}"
+                )
+                log.error("sweep run %s failed: %s", run_dir.name, message)
+                outcome = RunOutcome(run_dir.name, "failed", error=message)
+        outcome.wall_s = time.perf_counter() - start
+        outcomes.append(outcome)
+    return outcomes
+
+
+def execute_slurm(run_dirs: Sequence[Path], spec: SweepSpec, sweep_dir: Path) -> list[RunOutcome]:
+    """One Slurm array task per run (``submitit``); waits for all of them."""
+    import submitit
+
+    slurm = spec.slurm
+    executor = submitit.AutoExecutor(folder=str(sweep_dir / "slurm"), cluster=slurm.cluster)
+    parameters: dict[str, Any] = {
+        "name": f"{slurm.job_name}-{spec.name}",
+        "timeout_min": slurm.time_min,
+        "cpus_per_task": slurm.cpus_per_task,
+        "tasks_per_node": 1,
+        "nodes": 1,
+    }
+    if slurm.gpus_per_node is not None:
+        parameters["gpus_per_node"] = slurm.gpus_per_node
+    if slurm.mem_gb is not None:
+        parameters["mem_gb"] = slurm.mem_gb
+    for name in ("partition", "account", "qos"):
+        if getattr(slurm, name) is not None:
+            parameters[f"slurm_{name}"] = getattr(slurm, name)
+    if slurm.additional_parameters:
+        parameters["slurm_additional_parameters"] = dict(slurm.additional_parameters)
+    executor.update_parameters(**parameters)
+    jobs = executor.map_array(run_point, [str(path) for path in run_dirs])
+    log.info("submitted %d sweep run(s) to Slurm; logs in %s", len(jobs), sweep_dir / "slurm")
+    outcomes = []
+    for run_dir, job in zip(run_dirs, jobs, strict=True):
+        start = time.perf_counter()
+        try:
+            job.result()
+            outcome = RunOutcome(run_dir.name, "done")
+        except Exception as error:  # submitit raises FailedJobError / UncompletedJobError
+            message = _failure_message(run_dir, f"Slurm job {job.job_id}: {error}")
+            log.error("sweep run %s failed: %s", run_dir.name, message)
+            outcome = RunOutcome(run_dir.name, "failed", error=message)
+        outcome.wall_s = time.perf_counter() - start
+        outcomes.append(outcome)
+    return outcomes
+
+
+def run_sweep(
+    spec: SweepSpec, project: str | os.PathLike[str], max_runs: int | None = None
+) -> tuple[Path, list[RunOutcome]]:
+    """Run every unfinished run of ``spec`` (at most ``max_runs`` of them).
+
+    Returns the sweep folder and this invocation's outcomes (finished runs: ``skipped``).
+    """
+    project = Path(project).resolve()
+    output_root = Path(spec.output_root)
+    sweep_dir = (output_root if output_root.is_absolute() else project / output_root) / spec.name
+    outcomes: list[RunOutcome] = []
+    pending: list[Path] = []
+    for run in spec.runs():
+        run_dir = sweep_dir / "runs" / run.run_id
+        if (run_dir / RESULT_FILE).is_file():
+            outcomes.append(RunOutcome(run.run_id, "skipped"))
+            continue
+        if max_runs is not None and len(pending) >= max_runs:
+            continue
+        pending.append(prepare_run_dir(project, sweep_dir, spec, run))
+    log.info(
+        "sweep %s: %d run(s) to do, %d already finished", spec.name, len(pending), len(outcomes)
+    )
+    if pending:
+        if spec.executor == "slurm":
+            outcomes += execute_slurm(pending, spec, sweep_dir)
+        else:
+            outcomes += execute_local(pending, spec.isolation)
+    return sweep_dir, outcomes
+
+
+def outcomes_frame(outcomes: Sequence[RunOutcome]) -> Any:
+    """Outcomes as a DataFrame (for logs and the CLI summary)."""
+    import pandas as pd
+
+    return pd.DataFrame([asdict(o) for o in outcomes])
+
+
+if __name__ == "__main__":
+    # ``python -m sv_kedro.sweeps.execution <run_dir>``: the subprocess of a local sweep.
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m sv_kedro.sweeps.execution <run folder>")
+    try:
+        run_point(sys.argv[1])
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

@@ -1,0 +1,99 @@
+"""Sweeps from a Kedro project: read ``sweeps.<name>`` from its parameters, run, report.
+
+``run_project_sweep`` is what ``kedro sweep <name>`` calls; the tables end up in the sweep
+folder (``results.csv``, ``results.md``, ``runs.csv``) and as the catalog datasets
+``<name>.sweep_results``, ``<name>.sweep_results_markdown`` and ``<name>.sweep_runs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sv_kedro.sweeps.execution import RunOutcome, run_sweep, working_directory
+from sv_kedro.sweeps.results import write_results
+from sv_kedro.sweeps.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """A finished invocation: where, what ran now, and the tables."""
+
+    sweep_dir: Path
+    outcomes: list[RunOutcome]
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    markdown: str
+
+
+def _project_context(project: Path, env: str | None) -> Any:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    session = KedroSession.create(project_path=project, env=env)
+    return session.load_context()
+
+
+def load_sweep_spec(
+    project: str | os.PathLike[str],
+    name: str,
+    env: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> SweepSpec:
+    """The sweep ``name`` from the project's parameters (env applied).
+
+    ``overrides``: extra dotted ``--params`` keys relative to the system added to every run
+    (e.g. ``{"training.max_steps": 20}``); ``settings``: spec keys replaced (``executor``,
+    ``isolation``, ``seeds``...).
+    """
+    context = _project_context(Path(project).resolve(), env)
+    sweeps = context.params.get("sweeps") or {}
+    if name not in sweeps:
+        raise KeyError(
+            f"no sweep {name!r} under 'sweeps' in the parameters; defined: {sorted(sweeps)}"
+        )
+    values = dict(sweeps[name])
+    values.update(settings or {})
+    if env is not None:
+        values["env"] = env
+    values["params"] = {**(values.get("params") or {}), **dict(overrides or {})}
+    return SweepSpec.from_params(name, values)
+
+
+def list_sweeps(project: str | os.PathLike[str], env: str | None = None) -> dict[str, str]:
+    """Sweep names and their descriptions."""
+    context = _project_context(Path(project).resolve(), env)
+    sweeps = context.params.get("sweeps") or {}
+    return {name: str((values or {}).get("description", "")) for name, values in sweeps.items()}
+
+
+def run_project_sweep(
+    project: str | os.PathLike[str], spec: SweepSpec, max_runs: int | None = None
+) -> SweepReport:
+    """Run the unfinished runs of ``spec``, then write and catalog the result tables."""
+    project = Path(project).resolve()
+    sweep_dir, outcomes = run_sweep(spec, project, max_runs=max_runs)
+    runs, summary, markdown = write_results(spec, sweep_dir)
+    with working_directory(project):  # catalog paths are relative to the project root
+        catalog = _project_context(project, spec.env).catalog
+        for suffix, data in (
+            ("sweep_results", summary),
+            ("sweep_results_markdown", markdown),
+            ("sweep_runs", runs),
+        ):
+            dataset = f"{spec.name}.{suffix}"
+            if dataset in catalog:
+                catalog.save(dataset, data)
+            else:
+                log.warning("catalog has no %s; the table is in %s only", dataset, sweep_dir)
+    return SweepReport(sweep_dir, outcomes, runs, summary, markdown)
