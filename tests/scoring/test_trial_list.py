@@ -1,0 +1,44 @@
+"""The VoxCeleb trial-list format: the real lists parse completely; bad lines are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sv_kedro.scoring.trial_list import (
+    TrialListError,
+    parse_trial_lines,
+    read_trial_list,
+    write_trial_list,
+)
+
+
+@pytest.mark.parametrize(("name", "count"), [("veri_test2.txt", 37_611), ("veri_test.txt", 37_720)])
+def test_voxceleb1_o_lists_parse_completely(shared_data: Path, name: str, count: int):
+    trials = read_trial_list(shared_data / "voxceleb_meta" / name)
+    assert len(trials) == count
+    assert set(trials["label"].unique()) == {0, 1}
+    assert trials["enrol"].iloc[0].startswith("id1") and trials["test"].iloc[0].endswith(".wav")
+
+
+def test_round_trip_with_and_without_labels(tmp_path: Path):
+    trials = parse_trial_lines(["1 a/x.wav b/y.wav", "0 a/x.wav c/z.wav"])
+    write_trial_list(trials, tmp_path / "t.txt")
+    assert read_trial_list(tmp_path / "t.txt").equals(trials)
+    unlabelled = parse_trial_lines(["a/x.wav b/y.wav"])
+    assert unlabelled["label"].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["1 a b", "2 a c"], r"<trials>:2: label must be 0 or 1"),
+        (["1 a b", "1 a b c d"], r"<trials>:2: expected"),
+        (["1 a b", "a c"], r"<trials>:2: mixes labelled and unlabelled"),
+        ([], r"no trials"),
+    ],
+)
+def test_malformed_lines_are_named_with_their_number(lines, message):
+    with pytest.raises(TrialListError, match=message):
+        parse_trial_lines(lines)
