@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=48)
     parser.add_argument("--configs", nargs="+", default=["tiny", "ecapa", "base"])
-    parser.add_argument("--max-batch-seconds", type=float, default=64.0)
+    parser.add_argument("--max-batch-seconds", type=float, default=16.0)
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}, {args.utterances} utterances of 2-8 s")
     with tempfile.TemporaryDirectory() as tmp:
