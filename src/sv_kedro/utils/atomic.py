@@ -24,7 +24,8 @@ def atomic_write_path(target: str | os.PathLike[str], suffix: str | None = None)
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{target.suffix if suffix is None else suffix}",
+        prefix=f".{target.name}.",
+        suffix=f".tmp{target.suffix if suffix is None else suffix}",
         dir=target.parent,
     )
     os.close(fd)
