@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from copy import deepcopy
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-import fsspec
 import numpy as np
 from kedro.io.core import (
-    AbstractVersionedDataset,
     DatasetError,
     Version,
     get_filepath_str,
-    get_protocol_and_path,
 )
 
 from sv_kedro.audio.io import (
@@ -30,6 +26,7 @@ from sv_kedro.audio.io import (
     to_mono,
     write_audio,
 )
+from sv_kedro.datasets.file_dataset import VersionedFileDataset
 from sv_kedro.datasets.previews import ImagePreview, waveform_png_preview
 
 AudioData = tuple[np.ndarray, int]
@@ -37,7 +34,7 @@ AudioData = tuple[np.ndarray, int]
 _MAX_CHANNELS = 32
 
 
-class AudioDataset(AbstractVersionedDataset[AudioData, AudioData]):
+class AudioDataset(VersionedFileDataset[AudioData, AudioData]):
     """Load/save ``(waveform float32 [time] or [time, channels], sample_rate)``.
 
     Catalog example::
@@ -81,18 +78,12 @@ class AudioDataset(AbstractVersionedDataset[AudioData, AudioData]):
     ) -> None:
         _check_known("load_args", load_args, self.DEFAULT_LOAD_ARGS, filepath)
         _check_known("save_args", save_args, self.DEFAULT_SAVE_ARGS, filepath)
-        fs_options = {**deepcopy(credentials or {}), **deepcopy(fs_args or {})}
-        protocol, path = get_protocol_and_path(os.fspath(filepath), version)
-        if protocol == "file":
-            fs_options.setdefault("auto_mkdir", True)
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **fs_options)
-        self.metadata = metadata
         super().__init__(
-            filepath=PurePosixPath(path),
+            filepath=filepath,
             version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
+            credentials=credentials,
+            fs_args=fs_args,
+            metadata=metadata,
         )
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
@@ -139,20 +130,6 @@ class AudioDataset(AbstractVersionedDataset[AudioData, AudioData]):
                 write_audio(local, wave, rate, subtype=subtype)
                 self._fs.put_file(str(local), path)
         self._invalidate_cache()
-
-    def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
-        except DatasetError:
-            return False
-        return bool(self._fs.exists(path))
-
-    def _release(self) -> None:
-        super()._release()
-        self._invalidate_cache()
-
-    def _invalidate_cache(self) -> None:
-        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
 
     def preview(self, max_seconds: float = 10.0, n_mels: int = 64) -> ImagePreview:
         """PNG (base64) of the waveform and log-mel spectrogram of the first ``max_seconds``."""

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import io
 import os
-from copy import deepcopy
-from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-import fsspec
 from kedro.io.core import (
-    AbstractVersionedDataset,
     DatasetError,
     Version,
     get_filepath_str,
-    get_protocol_and_path,
 )
 
+from sv_kedro.datasets.file_dataset import VersionedFileDataset
 from sv_kedro.datasets.previews import JSONPreview, json_preview
 from sv_kedro.training.checkpoint import (
     CheckpointError,
@@ -30,7 +26,7 @@ from sv_kedro.training.checkpoint import (
 Checkpoint = dict[str, Any]
 
 
-class CheckpointDataset(AbstractVersionedDataset[Checkpoint, Checkpoint]):
+class CheckpointDataset(VersionedFileDataset[Checkpoint, Checkpoint]):
     """Load/save the checkpoint payload dict; ``torch.load(weights_only=True)`` only.
 
     Catalog example::
@@ -64,18 +60,12 @@ class CheckpointDataset(AbstractVersionedDataset[Checkpoint, Checkpoint]):
                 f"{filepath}: unknown load_args {unknown}; "
                 f"allowed: {sorted(self.DEFAULT_LOAD_ARGS)}"
             )
-        fs_options = {**deepcopy(credentials or {}), **deepcopy(fs_args or {})}
-        protocol, path = get_protocol_and_path(os.fspath(filepath), version)
-        if protocol == "file":
-            fs_options.setdefault("auto_mkdir", True)
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **fs_options)
-        self.metadata = metadata
         super().__init__(
-            filepath=PurePosixPath(path),
+            filepath=filepath,
             version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
+            credentials=credentials,
+            fs_args=fs_args,
+            metadata=metadata,
         )
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
 
@@ -101,20 +91,6 @@ class CheckpointDataset(AbstractVersionedDataset[Checkpoint, Checkpoint]):
             with self._fs.open(path, "wb") as handle:
                 handle.write(payload)
         self._invalidate_cache()
-
-    def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
-        except DatasetError:
-            return False
-        return bool(self._fs.exists(path))
-
-    def _release(self) -> None:
-        super()._release()
-        self._invalidate_cache()
-
-    def _invalidate_cache(self) -> None:
-        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
 
     def preview(self) -> JSONPreview:
         """Architecture, parameter count, epoch, step, metrics and model config as JSON."""

@@ -23,20 +23,16 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
-from copy import deepcopy
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ClassVar
 
-import fsspec
 import numpy as np
 import torch
 from kedro.io.core import (
-    AbstractVersionedDataset,
     DatasetError,
     Version,
     get_filepath_str,
-    get_protocol_and_path,
 )
 
 from sv_kedro.datasets.embedding_projection import (
@@ -47,6 +43,7 @@ from sv_kedro.datasets.embedding_projection import (
     projection_png_preview,
     sample_rows,
 )
+from sv_kedro.datasets.file_dataset import VersionedFileDataset
 from sv_kedro.datasets.previews import ImagePreview, TablePreview, embeddings_table_preview
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.training.checkpoint import CheckpointError, torch_load_weights_only
@@ -61,7 +58,7 @@ FORMATS = ("pt", "npy")
 _PT_SUFFIXES = (".pt", ".pth")
 
 
-class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
+class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
     """Load an ``EmbeddingTable``; save an ``EmbeddingTable`` or ``{utt_id: tensor/array}``.
 
     Catalog example::
@@ -108,25 +105,19 @@ class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         if self._load_args["mmap_mode"] not in (None, "r", "c"):
             raise DatasetError(f"{filepath}: mmap_mode must be null, 'r' or 'c'")
-        fs_options = {**deepcopy(credentials or {}), **deepcopy(fs_args or {})}
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol == "file":
-            fs_options.setdefault("auto_mkdir", True)
-        if self._load_args["mmap_mode"] and (protocol != "file" or format != "npy"):
+        super().__init__(
+            filepath=filepath,
+            version=version,
+            credentials=credentials,
+            fs_args=fs_args,
+            metadata=metadata,
+        )
+        if self._load_args["mmap_mode"] and (self._protocol != "file" or format != "npy"):
             raise DatasetError(f"{filepath}: mmap_mode needs the npy format on a local disk")
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **fs_options)
-        self.metadata = metadata
         if _viz_preview_kind(metadata) == "projection":
             # kedro-viz picks its renderer from the return annotation of ``preview``, so an
             # entry that asks for the projection must expose an image-annotated preview.
             self.preview = self._viz_projection_preview  # type: ignore[method-assign]
-        super().__init__(
-            filepath=PurePosixPath(path),
-            version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
-        )
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -152,20 +143,9 @@ class EmbeddingsDataset(AbstractVersionedDataset[EmbeddingTable, Any]):
             self._save_npy(table, path)
         self._invalidate_cache()
 
-    def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
-        except DatasetError:
-            return False
-        marker = path if self._format == "pt" else f"{path}/{META_FILE}"
-        return bool(self._fs.exists(marker))
-
-    def _release(self) -> None:
-        super()._release()
-        self._invalidate_cache()
-
-    def _invalidate_cache(self) -> None:
-        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+    def _exists_marker(self, path: str) -> str:
+        # The npy folder is complete once meta.json, written last, is there.
+        return path if self._format == "pt" else f"{path}/{META_FILE}"
 
     def preview(self, nrows: int = 10, nvalues: int = 4) -> TablePreview:
         """Key, dim, L2 norm and the first ``nvalues`` values of the first ``nrows`` rows."""

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-from copy import deepcopy
 from itertools import islice
-from pathlib import PurePosixPath
 from typing import Any
 
-import fsspec
 import pandas as pd
 from kedro.io.core import (
-    AbstractVersionedDataset,
     DatasetError,
     Version,
     get_filepath_str,
-    get_protocol_and_path,
 )
 
+from sv_kedro.datasets.file_dataset import VersionedFileDataset
 from sv_kedro.datasets.previews import TablePreview, dataframe_table_preview
 from sv_kedro.scoring.trial_list import (
     format_trial_lines,
@@ -27,7 +23,7 @@ from sv_kedro.scoring.trial_list import (
 )
 
 
-class TrialsDataset(AbstractVersionedDataset[pd.DataFrame, pd.DataFrame]):
+class TrialsDataset(VersionedFileDataset[pd.DataFrame, pd.DataFrame]):
     """Load/save trials as DataFrame[``label`` (Int8, may be NA), ``enrol``, ``test``].
 
     Catalog example::
@@ -49,18 +45,12 @@ class TrialsDataset(AbstractVersionedDataset[pd.DataFrame, pd.DataFrame]):
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        fs_options = {**deepcopy(credentials or {}), **deepcopy(fs_args or {})}
-        protocol, path = get_protocol_and_path(os.fspath(filepath), version)
-        if protocol == "file":
-            fs_options.setdefault("auto_mkdir", True)
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **fs_options)
-        self.metadata = metadata
         super().__init__(
-            filepath=PurePosixPath(path),
+            filepath=filepath,
             version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
+            credentials=credentials,
+            fs_args=fs_args,
+            metadata=metadata,
         )
 
     def _describe(self) -> dict[str, Any]:
@@ -88,20 +78,6 @@ class TrialsDataset(AbstractVersionedDataset[pd.DataFrame, pd.DataFrame]):
             with self._fs.open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
         self._invalidate_cache()
-
-    def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
-        except DatasetError:
-            return False
-        return bool(self._fs.exists(path))
-
-    def _release(self) -> None:
-        super()._release()
-        self._invalidate_cache()
-
-    def _invalidate_cache(self) -> None:
-        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
 
     def preview(self, nrows: int = 10) -> TablePreview:
         """The first ``nrows`` trials (only those lines are read)."""
