@@ -20,7 +20,6 @@ both are caches that a re-run reuses, and the manifests point at them.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from sv_kedro.corpus.trials import (
     read_voxceleb_trial_lists,
     trial_counts,
 )
+from sv_kedro.utils.paths import resolve_path, split_roots
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,6 @@ AUDIO_SUFFIX = ".wav"
 
 class DataEngineeringError(ValueError):
     """A parameter or an intermediate result that the pipeline cannot use."""
-
-
-def resolve_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` made absolute: ``~`` expanded, relative paths taken from the working directory.
-
-    ``kedro run`` runs from the project root, so ``data/...`` and ``../shared/...`` in the
-    parameters mean the same thing as in the catalog.
-    """
-    expanded = Path(path).expanduser()
-    return expanded if expanded.is_absolute() else (Path.cwd() / expanded).resolve()
 
 
 def _source(params: Mapping[str, Any]) -> str:
@@ -78,25 +68,10 @@ def _section(params: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 def _folder_roots(value: Any) -> list[str]:
-    """Roots as a list; a string may hold several separated by ``os.pathsep``.
-
-    (``kedro run --params`` splits its argument at commas, so several roots on the command
-    line are written ``data_engineering.folder.roots=/a:/b``.)
-    """
-    if isinstance(value, (str, os.PathLike)):
-        roots = [part for part in str(value).split(os.pathsep) if part]
-    elif isinstance(value, (list, tuple)):
-        roots = [str(part) for part in value]
-    else:
-        raise DataEngineeringError(
-            f"parameter data_engineering.folder.roots must be a list of paths, got {value!r}"
-        )
-    if not roots:
-        raise DataEngineeringError(
-            "parameter data_engineering.folder.roots is empty: list the corpus roots, e.g. "
-            '--params "data_engineering.folder.roots=[/data/corpus]" or conf/local'
-        )
-    return roots
+    try:
+        return split_roots(value, "data_engineering.folder.roots")
+    except ValueError as exc:
+        raise DataEngineeringError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- sources

@@ -20,13 +20,13 @@ from sv_kedro.api import model_from_checkpoint
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.corpus.trials import check_trials_against_manifest, generate_trials
 from sv_kedro.corpus.validation import ValidationPolicy, validate_manifest
-from sv_kedro.pipelines.data_engineering.nodes import _folder_roots, resolve_path
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
 from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.trial_list import read_trial_list
 from sv_kedro.training.checkpoint import load_checkpoint
+from sv_kedro.utils.paths import resolve_path, split_roots
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def scan_judged_audio(judge: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
     """Manifest of ``judge.audio_root`` (``<speaker>/[<session>/]<utt>``), validated."""
     if not judge.get("audio_root"):
         raise JudgeError('set the audio to judge: --params "judge.audio_root=/path/to/corpus"')
-    roots = [resolve_path(root) for root in _folder_roots(judge["audio_root"])]
+    roots = [resolve_path(root) for root in split_roots(judge["audio_root"], "judge.audio_root")]
     raw = scan_folder_roots(roots, workers=int(judge.get("workers", 0)))
     policy = ValidationPolicy(**dict(judge.get("validation") or {}))
     manifest, report = validate_manifest(raw, policy, resolve_path(judge["fixed_dir"]))
