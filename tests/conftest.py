@@ -7,6 +7,21 @@ from pathlib import Path
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# An ECAPA-TDNN small enough for millisecond forwards, embedding-only (no classifier).
+TINY_ECAPA = {
+    "architecture": "ecapa_tdnn",
+    "n_classes": 0,
+    "fbank": {"n_mels": 24},
+    "ecapa": {
+        "channels": 32,
+        "embedding_dim": 16,
+        "scale": 4,
+        "se_bottleneck": 8,
+        "mfa_channels": 48,
+        "attention_dim": 8,
+    },
+}
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
@@ -56,3 +71,11 @@ def run_kedro():
     """``run_kedro(project, pipeline_names, env=None, params=None) -> catalog``: registered
     pipelines run in a real Kedro session."""
     return _run_kedro
+
+
+@pytest.fixture()
+def tiny_ecapa_config() -> dict:
+    """A fresh copy of ``TINY_ECAPA`` (tests may change it)."""
+    import copy
+
+    return copy.deepcopy(TINY_ECAPA)

@@ -31,19 +31,6 @@ TINY_DATA = {
         "validation_pairs": {"n_pairs": 8},
     }
 }
-TINY_ECAPA = {
-    "architecture": "ecapa_tdnn",
-    "n_classes": 0,
-    "fbank": {"n_mels": 24},
-    "ecapa": {
-        "channels": 32,
-        "embedding_dim": 16,
-        "scale": 4,
-        "se_bottleneck": 8,
-        "mfa_channels": 48,
-        "attention_dim": 8,
-    },
-}
 FAST_EVAL = {
     "evaluation": {
         "extraction": {"n_crops": 2, "crop_seconds": 0.5, "cache_dir": None},
@@ -52,9 +39,9 @@ FAST_EVAL = {
 }
 
 
-def write_checkpoint(project: Path, system: str, seed: int) -> None:
+def write_checkpoint(project: Path, system: str, seed: int, config: dict) -> None:
     torch.manual_seed(seed)
-    model = build_model(TINY_ECAPA)
+    model = build_model(config)
     payload = build_checkpoint(
         "ecapa_tdnn", checkpoint_model_config(model), model.state_dict(), epoch=0, step=0
     )
@@ -62,10 +49,10 @@ def write_checkpoint(project: Path, system: str, seed: int) -> None:
 
 
 @pytest.fixture()
-def prepared_project(kedro_project: Path, run_kedro) -> Path:
+def prepared_project(kedro_project: Path, run_kedro, tiny_ecapa_config) -> Path:
     run_kedro(kedro_project, ["data_engineering"], params={**TINY_DATA, **FAST_EVAL})
     for seed, system in enumerate(["toy_a", "toy_b"]):
-        write_checkpoint(kedro_project, system, seed)
+        write_checkpoint(kedro_project, system, seed, tiny_ecapa_config)
     return kedro_project
 
 
@@ -112,7 +99,7 @@ def test_trial_list_naming_a_missing_utterance_fails_with_its_name(prepared_proj
 
 
 def test_judge_scores_a_checkpoint_on_any_folder_from_params(
-    kedro_project: Path, tmp_path, run_kedro
+    kedro_project: Path, tmp_path, run_kedro, tiny_ecapa_config
 ):
     from sv_kedro.audio.io import write_audio
 
@@ -124,7 +111,7 @@ def test_judge_scores_a_checkpoint_on_any_folder_from_params(
             t = np.arange(16000) / 16000
             wave = 0.3 * np.sin(2 * np.pi * tone * t) + 0.05 * rng.standard_normal(16000)
             write_audio(root / f"s{speaker}/u{utt}.wav", wave.astype(np.float32), 16000)
-    write_checkpoint(kedro_project, "judged", 0)
+    write_checkpoint(kedro_project, "judged", 0, tiny_ecapa_config)
     params = {
         "judge": {
             "checkpoint": "data/06_models/judged/checkpoint.pt",
@@ -139,8 +126,10 @@ def test_judge_scores_a_checkpoint_on_any_folder_from_params(
 
 
 @pytest.mark.shared_data
-def test_judge_on_arabic_speech_commands(kedro_project: Path, shared_data: Path, run_kedro):
-    write_checkpoint(kedro_project, "judged", 0)
+def test_judge_on_arabic_speech_commands(
+    kedro_project: Path, shared_data: Path, run_kedro, tiny_ecapa_config
+):
+    write_checkpoint(kedro_project, "judged", 0, tiny_ecapa_config)
     params = {
         "judge": {
             "checkpoint": "data/06_models/judged/checkpoint.pt",

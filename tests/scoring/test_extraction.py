@@ -11,20 +11,6 @@ from sv_kedro.audio.io import write_audio
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
 
-TINY_ECAPA = {
-    "architecture": "ecapa_tdnn",
-    "n_classes": 0,
-    "fbank": {"n_mels": 24},
-    "ecapa": {
-        "channels": 32,
-        "embedding_dim": 16,
-        "scale": 4,
-        "se_bottleneck": 8,
-        "mfa_channels": 48,
-        "attention_dim": 8,
-    },
-}
-
 
 @pytest.fixture
 def manifest(tmp_path):
@@ -39,9 +25,9 @@ def manifest(tmp_path):
 
 
 @pytest.fixture
-def model():
+def model(tiny_ecapa_config):
     torch.manual_seed(0)
-    return build_model(TINY_ECAPA).eval()
+    return build_model(tiny_ecapa_config).eval()
 
 
 def test_batched_extraction_equals_one_by_one(manifest, model):
