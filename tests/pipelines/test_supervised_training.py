@@ -356,8 +356,7 @@ def test_a_failed_sweep_run_does_not_stop_the_others(tiny_project: Path):
 def test_batched_pair_scoring_equals_one_pair_at_a_time(tmp_path: Path):
     import soundfile as sf
 
-    from sv_kedro.pipelines.evaluation.nodes import score_pairs_batched
-    from sv_kedro.systems.validation import score_pairs_jointly
+    from sv_kedro.scoring.pair_scoring import score_pairs_batched, score_pairs_jointly
 
     rng = np.random.default_rng(1)
     rows = []

@@ -9,42 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
-from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.scoring.cosine import cosine_scores
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
 from sv_kedro.scoring.metrics import verification_metrics
+from sv_kedro.scoring.pair_scoring import score_pairs_batched
 from sv_kedro.scoring.trial_list import read_trial_list
 from sv_kedro.training.task import TrainState
 
 ValidateFn = Callable[[nn.Module, TrainState], dict[str, float]]
-
-
-def score_pairs_jointly(
-    model: nn.Module, manifest: pd.DataFrame, trials: pd.DataFrame, max_seconds: float | None
-) -> np.ndarray:
-    """Same-speaker logits of the paired model for each trial (one pair at a time)."""
-    paths = manifest.set_index("utt_id")["path"].astype(str)
-    device = next(model.parameters()).device
-    cache: dict[str, torch.Tensor] = {}
-
-    def wave(utt: str) -> torch.Tensor:
-        if utt not in cache:
-            full = evaluation_inputs(paths[utt], n_crops=0, max_seconds=max_seconds).full
-            cache[utt] = torch.from_numpy(full)[None].to(device)
-        return cache[utt]
-
-    scores = []
-    with torch.no_grad():
-        for enrol, test in zip(
-            trials["enrol"].astype(str), trials["test"].astype(str), strict=True
-        ):
-            scores.append(float(model.score_pairs(wave(enrol), None, wave(test), None)[0]))
-    return np.asarray(scores)
 
 
 def validation_metrics(
@@ -53,7 +28,7 @@ def validation_metrics(
     """EER and minDCFs of ``model`` on ``trials`` over ``manifest``'s utterances."""
     labels = trials["label"].to_numpy(dtype=int)
     if hasattr(model, "score_pairs"):
-        scores = score_pairs_jointly(model, manifest, trials, max_seconds)
+        scores = score_pairs_batched(model, manifest, trials, max_seconds)
     else:
         needed = set(trials["enrol"].astype(str)) | set(trials["test"].astype(str))
         subset = manifest[manifest["utt_id"].astype(str).isin(needed)]
