@@ -64,9 +64,10 @@ TINY_STEPS = {
     "wavlm_mhfa_sv": 80,
 }
 CLEAR_MARGIN = 0.1  # absolute EER
-# Known gap: from random weights, the frame-level CTC and the paired BCE model do not beat
-# their untrained selves within a CPU-test budget (see the report); the others must.
-NOT_YET_LEARNING = {"wav2vec2_sv_ctc", "wav2vec2_sv_bce"}
+# Known gap: from random weights the paired BCE model does not learn to compare two
+# utterances within a CPU-test budget (the paper starts it from pre-trained wav2vec2; see
+# test_bce_learns_from_a_pretrained_encoder).
+NOT_YET_LEARNING = {"wav2vec2_sv_bce"}
 
 
 def tiny_system_params(system: str) -> dict[str, Any]:
@@ -161,8 +162,9 @@ def test_paper_override_spellings_are_understood():
     assert first == again != other
 
 
-@pytest.mark.slow
-def test_every_system_learns_and_is_compared(tiny_project: Path):
+@pytest.fixture(scope="module")
+def trained_project(tiny_project: Path) -> Path:
+    """``tiny_project`` after the whole supervised_training pipeline (all seven systems)."""
     params: dict[str, Any] = {system: tiny_system_params(system) for system in SYSTEMS}
     # Two overrides a user would give, for real: paper spellings on the command line.
     params["wav2vec2_sv_ce"]["model"] = {"layerdrop": 0.0}
@@ -171,27 +173,18 @@ def test_every_system_learns_and_is_compared(tiny_project: Path):
     params["xvector"]["lr_finder"] = {"enabled": True, "num_steps": 12, "max_lr": 0.1}
     params.update(TINY_EVALUATION)
     run_session(tiny_project, ["supervised_training"], params)
+    return tiny_project
 
-    data = tiny_project / "data"
+
+@pytest.mark.slow
+def test_every_system_is_trained_evaluated_and_compared(trained_project: Path):
+    data = trained_project / "data"
     comparison = pd.read_csv(data / "08_reporting/supervised_comparison.csv")
     assert set(comparison["system"]) == set(SYSTEMS)
+    assert np.isfinite(comparison["eer_percent"]).all()
     assert (data / "08_reporting/supervised_comparison.md").read_text().count("|") > 20
     bce_backends = set(comparison[comparison.system == "wav2vec2_sv_bce"]["backend"])
     assert "pair" in bce_backends
-
-    validation = pd.read_parquet(data / "05_model_input/validation_manifest.parquet")
-    pairs = all_pairs(validation)  # 32 utterances of 8 training speakers: 496 trials
-    report = {}
-    for system in SYSTEMS:
-        metrics = pd.read_csv(data / f"08_reporting/{system}/training_metrics.csv")
-        train_rows = metrics[metrics["kind"] == "train"]
-        assert train_rows["loss"].iloc[-1] < train_rows["loss"].iloc[0], system
-        checkpoint = load_checkpoint(data / f"06_models/{system}/checkpoint.pt")
-        trained = validation_metrics(model_from_checkpoint(checkpoint), validation, pairs)["eer"]
-        torch.manual_seed(0)
-        untrained_model = build_model(checkpoint["model_config"]).eval()
-        untrained = validation_metrics(untrained_model, validation, pairs)["eer"]
-        report[system] = (untrained, trained)
     finder = json.loads((data / "08_reporting/xvector/lr_finder.json").read_text())
     assert finder["enabled"] and 1e-6 <= finder["suggested_lr"] <= 0.1
     assert len(finder["curve"]["lr"]) == finder["steps"] >= 3
@@ -200,12 +193,87 @@ def test_every_system_learns_and_is_compared(tiny_project: Path):
     # The overrides reached the model.
     ce = load_checkpoint(data / "06_models/wav2vec2_sv_ce/checkpoint.pt")
     assert ce["model_config"]["encoder"]["hf_config"]["layerdrop"] == 0.0
-    assert np.isfinite(comparison["eer_percent"]).all()
-    failing = {s: r for s, r in report.items() if not r[1] <= r[0] - CLEAR_MARGIN}
-    learners = {s: r for s, r in failing.items() if s not in NOT_YET_LEARNING}
-    assert not learners, f"(untrained, trained) validation EER without a clear gain: {learners}"
-    if failing:
-        pytest.xfail(f"known gap, CTC / pair-BCE from random weights: {failing}")
+
+
+def untrained_and_trained_eer(project: Path, system: str) -> tuple[float, float]:
+    """Validation EER over every pair of validation utterances: fresh weights, then trained."""
+    data = project / "data"
+    validation = pd.read_parquet(data / "05_model_input/validation_manifest.parquet")
+    pairs = all_pairs(validation)  # 32 utterances of 8 training speakers: 496 trials
+    checkpoint = load_checkpoint(data / f"06_models/{system}/checkpoint.pt")
+    trained = validation_metrics(model_from_checkpoint(checkpoint), validation, pairs)["eer"]
+    torch.manual_seed(0)
+    untrained_model = build_model(checkpoint["model_config"]).eval()
+    untrained = validation_metrics(untrained_model, validation, pairs)["eer"]
+    return untrained, trained
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "system",
+    [
+        pytest.param(
+            system,
+            marks=pytest.mark.xfail(reason="pair BCE from random weights", strict=False)
+            if system in NOT_YET_LEARNING
+            else (),
+        )
+        for system in SYSTEMS
+    ],
+)
+def test_system_loss_falls_and_it_beats_its_untrained_self(trained_project: Path, system: str):
+    metrics = pd.read_csv(trained_project / f"data/08_reporting/{system}/training_metrics.csv")
+    train_rows = metrics[metrics["kind"] == "train"]
+    assert train_rows["loss"].iloc[-1] < train_rows["loss"].iloc[0]
+    untrained, trained = untrained_and_trained_eer(trained_project, system)
+    assert trained <= untrained - CLEAR_MARGIN, (untrained, trained)
+
+
+@pytest.mark.slow
+def test_bce_learns_from_a_pretrained_encoder(
+    trained_project: Path, tmp_path: Path, project_root: Path
+):
+    """The paper fine-tunes the paired model from pre-trained wav2vec2: here a local
+    ``save_pretrained`` folder (the CE system's encoder stands in for wav2vec2-base)."""
+    from kedro.config import OmegaConfigLoader
+
+    from sv_kedro.pipelines.supervised_training.nodes import train_speaker_model
+    from sv_kedro.settings import CONFIG_LOADER_ARGS
+
+    data = trained_project / "data"
+    ce = model_from_checkpoint(load_checkpoint(data / "06_models/wav2vec2_sv_ce/checkpoint.pt"))
+    ce.frontend.model.save_pretrained(tmp_path / "pretrained_wav2vec2")
+    loader = OmegaConfigLoader(str(project_root / "conf"), **CONFIG_LOADER_ARGS)
+    bce = loader["parameters"]["wav2vec2_sv_bce"]
+    bce["model"]["encoder"]["pretrained"] = str(tmp_path / "pretrained_wav2vec2")
+    bce["training"].update(max_steps=120, validate_every_steps=120, lr=5.0e-4, head_lr=5.0e-3)
+    bce["data"].update(batch_size=16, crop_seconds=1.0)
+    bce["run"]["work_dir"] = str(tmp_path / "runs")
+    manifests = {
+        name: pd.read_parquet(data / f"05_model_input/{name}_manifest.parquet")
+        for name in ("train", "validation")
+    }
+    pairs = all_pairs(manifests["validation"])
+    checkpoint, _ = train_speaker_model(
+        manifests["train"],
+        manifests["validation"],
+        pairs,
+        bce["model"],
+        bce["loss"],
+        bce["training"],
+        bce["data"],
+        bce["run"],
+        bce["distributed"],
+        {"enabled": False},
+    )
+    trained = validation_metrics(model_from_checkpoint(checkpoint), manifests["validation"], pairs)
+    torch.manual_seed(0)
+    untrained = validation_metrics(
+        build_model(checkpoint["model_config"]).eval(), manifests["validation"], pairs
+    )
+    # A smaller margin than the other systems': 120 steps from an encoder that itself saw
+    # only 60 (measured 0.50 -> 0.39 here; 0.51 -> 0.34 on the base corpus).
+    assert trained["eer"] <= untrained["eer"] - 0.05, (untrained, trained)
 
 
 TINY_HF = {

@@ -17,8 +17,9 @@ Peaky solutions: both "the speaker on every frame" and "the speaker on one frame
 elsewhere" reach zero loss. From a neutral initialisation CTC tends to the peaky one, and on
 blank frames the ranking among the speakers is then barely trained, so ``frame_accuracy``
 stays low (0.77–0.98 by seed on the unit test's synthetic speakers) while the utterance
-decision is right. Initialising the blank logit's bias low (e.g. −2) leads to the
-every-frame solution (frame accuracy ≈ 1 there); the model's CTC head decides this.
+decision is right. Initialising the blank logit's bias low (e.g. −2) with small classifier
+weights leads to the every-frame solution (frame accuracy ≈ 1 there); the model's CTC head
+(``sv_kedro.models.heads.FrameClassificationHead``) starts that way.
 
 Evaluation: the CTC head is a training device only. A speaker embedding for verification is
 the concatenation of the mean and the standard deviation, over the valid frames, of the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -137,6 +138,13 @@ class FrameClassificationHead(nn.Module):
 
     Index 0 of the logits is the CTC blank; ``features`` are the pre-logit frame features
     that the model pools (mean+std) for embeddings.
+
+    The classifier starts with small weights (``init_std``) and a low blank bias
+    (``blank_bias``): every frame then begins near "this speaker, not blank", the solution
+    in which each frame carries the speaker. From random large logits CTC falls instead into
+    "blank everywhere, a uniform guess on one frame", whose gradients vanish before the
+    speakers are learned (measured on the generated corpus: validation EER 0.45 -> 0.17 with
+    this start, no gain without it).
     """
 
     def __init__(
@@ -146,6 +154,8 @@ class FrameClassificationHead(nn.Module):
         hidden_dims: list[int] | tuple[int, ...] = (),
         activation: str = "relu",
         dropout: float = 0.0,
+        blank_bias: float = -3.0,
+        init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if not n_classes or n_classes <= 0:
@@ -157,6 +167,10 @@ class FrameClassificationHead(nn.Module):
         self.feature_dim = dims[-1]
         self.n_classes = int(n_classes)
         self.classifier = nn.Linear(dims[-1], self.n_classes + 1)
+        with torch.no_grad():
+            nn.init.normal_(self.classifier.weight, std=init_std)
+            self.classifier.bias.zero_()
+            self.classifier.bias[0] = blank_bias
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
         hidden = frames
