@@ -1,6 +1,7 @@
 """Embedding extraction: length-bucketed batches against one utterance at a time (CPU).
 
     python benchmarks/bench_extraction.py [--utterances 48] [--configs tiny base]
+    python benchmarks/bench_extraction.py --seconds 0.5 1.5 --utterances 200   # keyword clips
 
 Both runs embed the same utterances (2-8 s, full utterance, no crops) with the same
 model; the baseline is the loop most recipes use: one forward per utterance. ``tiny`` is
@@ -50,11 +51,13 @@ CONFIGS = {
 }
 
 
-def make_corpus(folder: Path, count: int, seed: int = 0) -> pd.DataFrame:
+def make_corpus(
+    folder: Path, count: int, min_seconds: float, max_seconds: float, seed: int = 0
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(count):
-        seconds = float(rng.uniform(2.0, 8.0))
+        seconds = float(rng.uniform(min_seconds, max_seconds))
         path = folder / f"spk{i % 8}" / f"utt{i:04d}.wav"
         wave = 0.1 * rng.standard_normal(int(seconds * 16000)).astype(np.float32)
         write_audio(path, wave, 16000)
@@ -75,10 +78,12 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=48)
     parser.add_argument("--configs", nargs="+", default=["tiny", "ecapa", "base"])
     parser.add_argument("--max-batch-seconds", type=float, default=16.0)
+    parser.add_argument("--seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX"))
     args = parser.parse_args()
-    print(f"torch threads: {torch.get_num_threads()}, {args.utterances} utterances of 2-8 s")
+    low, high = args.seconds
+    print(f"torch threads: {torch.get_num_threads()}, {args.utterances} utterances of {low}-{high} s")
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_corpus(Path(tmp), args.utterances)
+        manifest = make_corpus(Path(tmp), args.utterances, low, high)
         audio_seconds = manifest["duration"].sum()
         for name in args.configs:
             torch.manual_seed(0)
