@@ -88,7 +88,6 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "MPLBACKEND": "Agg",
-    "SV_SSL_ITERATIONS": "1",  # one pseudo-labelling round (+ large-margin) is enough here
 }
 
 
@@ -126,6 +125,10 @@ def copy_project(target: Path) -> Path:
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT_ROOT / name, target / name)
     (target / "src").mkdir()  # kedro checks it exists; the package is the installed one
+    # One pseudo-labelling round (+ large-margin) is enough here. In the conf files, not in
+    # --params, so that `kedro viz` (which takes no --params) draws the same pipelines.
+    ssl = target / "conf" / "base" / "parameters_ssl_pseudo_labeling.yml"
+    ssl.write_text(ssl.read_text().replace("n_iterations: 2 ", "n_iterations: 1 ", 1))
     return target
 
 
@@ -191,7 +194,7 @@ def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return cached.project / "build"
     run = finished_run(tmp_path_factory)
     try:
-        log = run_kedro(run.project, "viz", "build", "--include-previews")
+        log = run_kedro(run.project, "viz", "build", "--include-previews", "--include-hooks")
         site = run.project / "build"
         if not (site / "api" / "main").is_file() or not (site / "index.html").is_file():
             pytest.fail(f"kedro viz build left no site in {site}:\n{log[-3000:]}")

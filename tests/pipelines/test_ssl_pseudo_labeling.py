@@ -71,6 +71,32 @@ def test_pipeline_structure_and_registered_systems() -> None:
         create_pipeline("pretrained")
 
 
+def test_n_iterations_parameter_shapes_the_registered_pipelines(kedro_project: Path) -> None:
+    from kedro.framework.project import pipelines
+
+    from sv_kedro.pipelines.ssl_pseudo_labeling import configure_iterations
+
+    def stages_for(params: dict[str, Any]) -> set[str]:
+        bootstrap_project(kedro_project)
+        with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
+            session.load_context()
+            names = {n.name for n in pipelines["ssl_pseudo_labeling"].nodes}
+        return {name.split(".")[1] for name in names if ".iter_" in name}
+
+    try:
+        assert stages_for({}) == {"iter_1", "iter_2"}  # conf/base
+        assert stages_for({"ssl_pseudo_labeling": {"n_iterations": 3}}) == {
+            "iter_1",
+            "iter_2",
+            "iter_3",
+        }
+        assert stages_for({"ssl_pseudo_labeling": {"n_iterations": 1}}) == {"iter_1"}
+        with pytest.raises(ValueError, match=r"ssl_pseudo_labeling\.n_iterations"):
+            stages_for({"ssl_pseudo_labeling": {"n_iterations": 0}})
+    finally:
+        configure_iterations(2)
+
+
 def test_training_input_never_holds_true_speakers() -> None:
     manifest = pd.DataFrame(
         {

@@ -254,6 +254,10 @@ def _free_port() -> int:
     pytest.fail("no free TCP port in 41410-41609 for kedro viz run")
 
 
+# --include-hooks: the pipelines take their shape (rounds) from the project's own hook.
+VIZ_OPTIONS = ("--include-hooks", "--port")
+
+
 @pytest.mark.slow
 def test_kedro_viz_run_serves_the_project_offline(site: Path, tmp_path: Path):
     project = site.parent
@@ -261,7 +265,7 @@ def test_kedro_viz_run_serves_the_project_offline(site: Path, tmp_path: Path):
     log_path = tmp_path / "kedro_viz_run.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", "--port", str(port)],
+            [sys.executable, "-m", "kedro", "viz", "run", "--no-browser", *VIZ_OPTIONS, str(port)],
             cwd=project,
             env=kedro_env(),
             stdout=log,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import (
+    configure_iterations,
     create_pipeline,
     evaluated_systems,
     n_iterations,
 )
 
-__all__ = ["create_pipeline", "evaluated_systems", "n_iterations"]
+__all__ = ["configure_iterations", "create_pipeline", "evaluated_systems", "n_iterations"]

@@ -13,15 +13,16 @@ round as its own modular pipeline):
 5. each stage's checkpoint goes through the evaluation template (``ssl_pseudo_labeling.<stage>``)
    and ``ssl_summary`` tracks NMI and EER/minDCF from stage 0 to LMFT.
 
-The number of rounds is fixed when the pipeline is built (Kedro builds pipelines before it
-reads parameters): ``DEFAULT_ITERATIONS``, or the ``SV_SSL_ITERATIONS`` environment
-variable, e.g. ``SV_SSL_ITERATIONS=3 kedro run --pipeline ssl_pseudo_labeling``.
+The number of rounds is the parameter ``ssl_pseudo_labeling.n_iterations``
+(``--params ssl_pseudo_labeling.n_iterations=3``). Kedro builds pipelines before nodes see
+parameters, so :class:`sv_kedro.hooks.PipelineShapeHook` reads it from the session's
+configuration (environment and ``--params`` included) and rebuilds the pipelines with that
+many rounds before the run starts.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -32,23 +33,36 @@ from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
 
 NAMESPACE = "ssl_pseudo_labeling"
 DEFAULT_ITERATIONS = 2
-ITERATIONS_ENV = "SV_SSL_ITERATIONS"
 INITIAL_SOURCES = ("dino", "external")
 PARAMS = f"params:{NAMESPACE}"
+_configured_iterations: int | None = None
 
 
-def n_iterations(default: int = DEFAULT_ITERATIONS) -> int:
-    """Rounds of pseudo-labelling + fine-tuning: ``SV_SSL_ITERATIONS`` or ``default``."""
-    raw = os.environ.get(ITERATIONS_ENV, "").strip()
-    if not raw:
-        return default
+def check_iterations(value: object) -> int:
+    """``value`` as a number of rounds (an integer >= 1), or a ValueError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{NAMESPACE}.n_iterations must be an integer >= 1, got {value!r}")
     try:
-        value = int(raw)
+        count = int(value)
     except ValueError:
-        raise ValueError(f"{ITERATIONS_ENV}={raw!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{ITERATIONS_ENV} must be >= 1, got {value}")
-    return value
+        raise ValueError(f"{NAMESPACE}.n_iterations must be an integer, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"{NAMESPACE}.n_iterations must be >= 1, got {count}")
+    return count
+
+
+def configure_iterations(value: object) -> bool:
+    """Build later pipelines with ``value`` rounds; True when that changes the count."""
+    global _configured_iterations  # noqa: PLW0603 - pipelines are module-level in Kedro too
+    count = check_iterations(value)
+    changed = count != n_iterations()
+    _configured_iterations = count
+    return changed
+
+
+def n_iterations() -> int:
+    """Rounds of pseudo-labelling + fine-tuning the pipelines are built with."""
+    return DEFAULT_ITERATIONS if _configured_iterations is None else _configured_iterations
 
 
 def stage_names(iterations: int | None = None) -> list[str]:
