@@ -27,8 +27,8 @@ from sv_kedro.pipelines.supervised_training import SYSTEMS, create_pipeline
 from sv_kedro.pipelines.supervised_training.nodes import (
     resolve_model_config,
     resolve_training_config,
-    run_fingerprint,
 )
+from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.validation import validation_metrics
 from sv_kedro.training.checkpoint import load_checkpoint
 
@@ -156,9 +156,10 @@ def test_paper_override_spellings_are_understood():
     with pytest.raises(ValueError, match="unknown key"):
         resolve_training_config({"max_steps": 5, "learning_rate": 1.0})
     manifest = pd.DataFrame({"utt_id": ["a", "b"], "speaker_index": [0, 1]})
-    first = run_fingerprint(manifest, model, {"name": "ce"}, training, {"batch_size": 2})
-    again = run_fingerprint(manifest, model, {"name": "ce"}, training, {"batch_size": 2})
-    other = run_fingerprint(manifest, model, {"name": "ce"}, training, {"batch_size": 4})
+    settings = {"model": model, "loss": {"name": "ce"}, "training": training}
+    first = run_fingerprint(manifest, {**settings, "data": {"batch_size": 2}})
+    again = run_fingerprint(manifest, {**settings, "data": {"batch_size": 2}})
+    other = run_fingerprint(manifest, {**settings, "data": {"batch_size": 4}})
     assert first == again != other
 
 

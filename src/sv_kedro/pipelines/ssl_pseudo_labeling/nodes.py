@@ -29,6 +29,7 @@ from sv_kedro.models.factory import ARCHITECTURE_SECTIONS
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
 from sv_kedro.systems.dino import train_dino
+from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.runner import train_speaker_system
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,16 @@ def train_dino_encoder(
     _set_threads(run)
     model = dict(dino["model"])
     model["encoder"] = architecture_sections(model["encoder"])
+    audio = train_manifest[[c for c in AUDIO_COLUMNS if c in train_manifest]]
+    settings = {**dino, "model": model}
+    work_dir = Path(run["work_dir"]) / "dino" / run_fingerprint(audio, settings)
     payload, metrics = train_dino(
-        train_manifest[[c for c in AUDIO_COLUMNS if c in train_manifest]],
+        audio,
         model,
         dino.get("task") or {},
         dino["training"],
         dino.get("data") or {},
-        {"work_dir": str(Path(run["work_dir"]) / "dino"), "resume": run.get("resume", True)},
+        {"work_dir": str(work_dir), "resume": run.get("resume", True)},
         run.get("distributed"),
     )
     encoder = encoder_checkpoint_payload(payload, dino.get("export", "teacher"))
@@ -218,6 +222,10 @@ def _fine_tune(
     _set_threads(run)
     manifest = pseudo_labeled_manifest(train_manifest, pseudo_labels)
     initial = previous if previous is not None and config.get("init_from_previous", True) else None
+    # New pseudo-labels or a retrained previous stage give a new folder, never a resume.
+    fingerprint = run_fingerprint(
+        manifest, config, initial["model_state"] if initial is not None else None
+    )
     checkpoint, metrics = train_speaker_system(
         manifest,
         None,  # validation pairs carry true labels: no model selection on them
@@ -227,7 +235,7 @@ def _fine_tune(
         config["training"],
         config.get("data") or {},
         {
-            "work_dir": str(Path(run["work_dir"]) / stage),
+            "work_dir": str(Path(run["work_dir"]) / stage / fingerprint),
             "resume": run.get("resume", True),
             "gate": config.get("gate") or {},
             "l2sp_weight": float(config.get("l2sp_weight", 0.0)) if initial is not None else 0.0,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 from sv_kedro.models.ssl_encoder import ENCODER_DEFAULTS
+from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.loaders import build_loader
 from sv_kedro.systems.runner import build_system_model, train_speaker_system
 from sv_kedro.systems.tasks import build_task
@@ -95,25 +94,6 @@ def _check_run(run: Mapping[str, Any]) -> None:
         raise ValueError("run.work_dir is required (where checkpoints and inputs go)")
 
 
-def run_fingerprint(
-    train_manifest: pd.DataFrame,
-    model: Mapping[str, Any],
-    loss: Mapping[str, Any],
-    training: Mapping[str, Any],
-    data: Mapping[str, Any],
-) -> str:
-    """12 hex digits identifying what a run learns from (settings + training utterances)."""
-    settings = json.dumps(
-        {"model": model, "loss": loss, "training": training, "data": data},
-        sort_keys=True,
-        default=str,
-    )
-    digest = hashlib.sha256(settings.encode())
-    columns = [c for c in ("utt_id", "speaker_index", "path") if c in train_manifest.columns]
-    digest.update(pd.util.hash_pandas_object(train_manifest[columns], index=False).values)
-    return digest.hexdigest()[:12]
-
-
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Run with ``count`` intra-op threads (``None``: unchanged); restored afterwards.
@@ -164,7 +144,8 @@ def train_speaker_model(
             lr_suggestion["suggested_lr"],
         )
         training_config["lr"] = float(lr_suggestion["suggested_lr"])
-    fingerprint = run_fingerprint(train_manifest, model_config, loss, training_config, data)
+    settings = {"model": model_config, "loss": loss, "training": training_config, "data": data}
+    fingerprint = run_fingerprint(train_manifest, settings)
     run_config = {k: v for k, v in run.items() if k != "torch_threads"}
     run_config["work_dir"] = str(Path(run["work_dir"]) / fingerprint)
     log.info("training in %s", run_config["work_dir"])
