@@ -31,7 +31,10 @@ def register_pipelines() -> dict[str, Pipeline]:
     # supervised_comparison_table; --namespaces <system> runs one.
     pipelines["supervised_training"] = supervised_training.create_pipeline()
     pipelines["ssl_pseudo_labeling"] = ssl_pseudo_labeling.create_pipeline()
-    pipelines["evaluation"] = evaluation.create_pipeline(evaluated_systems)
+    # Self-supervised stages build their AS-norm / PLDA cohorts from their own pseudo-labels.
+    pipelines["evaluation"] = evaluation.create_pipeline(
+        evaluated_systems, cohorts=ssl_pseudo_labeling.cohort_manifests()
+    )
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     # Run on demand only: it needs a checkpoint and an audio folder from --params.
     pipelines["judge"] = judge.create_pipeline()

@@ -136,10 +136,14 @@ def test_every_stage_pays_its_way(ssl_project: Path) -> None:
 def test_stage_outputs_exist_and_labels_are_aligned(ssl_project: Path) -> None:
     train = pd.read_parquet(ssl_project / "data/05_model_input/train_manifest.parquet")
     for stage in ("initial", "iter_1", "iter_2", "lmft"):
-        table = pd.read_parquet(
-            ssl_project / f"data/05_model_input/ssl_pseudo_labeling.{stage}/pseudo_labels.parquet"
-        )
+        folder = ssl_project / f"data/05_model_input/ssl_pseudo_labeling.{stage}"
+        table = pd.read_parquet(folder / "pseudo_labels.parquet")
         assert table["utt_id"].tolist() == train["utt_id"].tolist()
+        # The stage's AS-norm / PLDA cohort is grouped by its pseudo-labels, not by speakers.
+        cohort = pd.read_parquet(folder / "cohort_manifest.parquet")
+        assert cohort["utt_id"].tolist() == train["utt_id"].tolist()
+        assert cohort["speaker_index"].tolist() == table["speaker_index"].tolist()
+        assert not set(cohort["speaker"]) & set(train["speaker"])
         assert table["pseudo_label"].nunique() == _health(ssl_project, stage)["n_clusters"] <= 40
         assert (
             (ssl_project / f"data/08_reporting/ssl_pseudo_labeling.{stage}/cluster_sizes.png")

@@ -6,7 +6,7 @@ same template evaluates supervised systems and every self-supervised round alike
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -57,19 +57,30 @@ def system_evaluation_template() -> Pipeline:
     )
 
 
-def create_pipeline(systems: Sequence[str] = (), comparison: str = "comparison") -> Pipeline:
+def create_pipeline(
+    systems: Sequence[str] = (),
+    comparison: str = "comparison",
+    cohorts: Mapping[str, str] | None = None,
+) -> Pipeline:
     """Evaluate each of ``systems`` and compare them in one table and DET plot.
 
     The comparison's outputs are ``<comparison>_table``, ``<comparison>_markdown`` and
     ``<comparison>_det_plot``, so several pipelines can each compare their own systems.
+    ``cohorts``: system -> the manifest whose ``speaker`` column groups its AS-norm cohort
+    and LDA/PLDA training (default ``train_manifest``; a self-supervised stage passes its
+    pseudo-labelled one).
     """
     if not systems:
         return Pipeline([])
+    cohorts = dict(cohorts or {})
     evaluations = [
         pipeline(
             system_evaluation_template(),
             namespace=system,
-            inputs=SHARED_INPUTS,
+            inputs={
+                **{name: name for name in SHARED_INPUTS},
+                "train_manifest": cohorts.get(system, "train_manifest"),
+            },
             parameters=SHARED_PARAMS,
         )
         for system in systems

@@ -79,6 +79,27 @@ def evaluated_systems(initial_source: str = "dino", iterations: int | None = Non
     return stages
 
 
+def cohort_manifests(initial_source: str = "dino", iterations: int | None = None) -> dict[str, str]:
+    """Evaluated system -> the training manifest labelled with that stage's pseudo-labels.
+
+    AS-norm cohorts and LDA/PLDA of a self-supervised stage group the training utterances by
+    these pseudo-labels, never by the true speakers.
+    """
+    stages = {f"{NAMESPACE}.{stage}": stage for stage in stage_names(iterations)}
+    if initial_source == "dino":
+        stages = {f"{NAMESPACE}.dino": "initial", **stages}
+    return {system: f"{NAMESPACE}.{stage}.cohort_manifest" for system, stage in stages.items()}
+
+
+def _label_cohort() -> Any:
+    return node(
+        nodes.pseudo_labeled_manifest,
+        inputs=["train_manifest", "pseudo_labels"],
+        outputs="cohort_manifest",
+        name="label_cohort_with_pseudo_labels",
+    )
+
+
 def _named(function: Callable[..., Any], name: str, **bound: Any) -> Callable[..., Any]:
     partial = functools.partial(function, **bound)
     functools.update_wrapper(partial, function)
@@ -100,6 +121,7 @@ def _embed_and_cluster() -> list[Any]:
             outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
             name="cluster_training_embeddings",
         ),
+        _label_cohort(),
     ]
 
 
@@ -211,7 +233,8 @@ def create_pipeline(
                         inputs=["train_embeddings", "train_manifest", f"{PARAMS}.clustering"],
                         outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
                         name="cluster_training_embeddings",
-                    )
+                    ),
+                    _label_cohort(),
                 ]
             ),
             namespace=f"{NAMESPACE}.initial",
@@ -271,4 +294,9 @@ def create_pipeline(
         outputs={"ssl_summary", "ssl_summary_markdown"},
         parameters={"params:evaluation.scoring"},
     )
-    return result + evaluation.create_pipeline(systems, comparison="ssl_comparison") + summary
+    evaluations = evaluation.create_pipeline(
+        systems,
+        comparison="ssl_comparison",
+        cohorts=cohort_manifests(initial_source, len(stages) - 1),
+    )
+    return result + evaluations + summary
