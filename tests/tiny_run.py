@@ -128,7 +128,9 @@ def copy_project(target: Path) -> Path:
     # One pseudo-labelling round (+ large-margin) is enough here. In the conf files, not in
     # --params, so that `kedro viz` (which takes no --params) draws the same pipelines.
     ssl = target / "conf" / "base" / "parameters_ssl_pseudo_labeling.yml"
-    ssl.write_text(ssl.read_text().replace("n_iterations: 2 ", "n_iterations: 1 ", 1))
+    text = ssl.read_text()
+    assert "n_iterations: 2 " in text, f"{ssl} no longer sets n_iterations: 2"
+    ssl.write_text(text.replace("n_iterations: 2 ", "n_iterations: 1 ", 1))
     return target
 
 

@@ -215,7 +215,7 @@ def untrained_and_trained_eer(project: Path, system: str) -> tuple[float, float]
     [
         pytest.param(
             system,
-            marks=pytest.mark.xfail(reason="pair BCE from random weights", strict=False)
+            marks=pytest.mark.xfail(reason="pair BCE from random weights", strict=True)
             if system in NOT_YET_LEARNING
             else (),
         )

@@ -83,21 +83,33 @@ def cohort_manifests(initial_source: str = "dino", iterations: int | None = None
     """Evaluated system -> the training manifest labelled with that stage's pseudo-labels.
 
     AS-norm cohorts and LDA/PLDA of a self-supervised stage group the training utterances by
-    these pseudo-labels, never by the true speakers.
+    these pseudo-labels, never by the true speakers. DINO's are those of ``initial``.
     """
-    stages = {f"{NAMESPACE}.{stage}": stage for stage in stage_names(iterations)}
-    if initial_source == "dino":
-        stages = {f"{NAMESPACE}.dino": "initial", **stages}
-    return {system: f"{NAMESPACE}.{stage}.cohort_manifest" for system, stage in stages.items()}
+    cohorts = {}
+    for system in evaluated_systems(initial_source, iterations):
+        stage = system.removeprefix(f"{NAMESPACE}.")
+        stage = "initial" if stage == "dino" else stage
+        cohorts[system] = f"{NAMESPACE}.{stage}.cohort_manifest"
+    return cohorts
 
 
-def _label_cohort() -> Any:
-    return node(
-        nodes.pseudo_labeled_manifest,
-        inputs=["train_manifest", "pseudo_labels"],
-        outputs="cohort_manifest",
-        name="label_cohort_with_pseudo_labels",
-    )
+def _cluster_and_label() -> list[Any]:
+    """Pseudo-labels (+ health report) from ``train_embeddings``, and the cohort manifest
+    labelled with them."""
+    return [
+        node(
+            nodes.cluster_training_embeddings,
+            inputs=["train_embeddings", "train_manifest", f"{PARAMS}.clustering"],
+            outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
+            name="cluster_training_embeddings",
+        ),
+        node(
+            nodes.pseudo_labeled_manifest,
+            inputs=["train_manifest", "pseudo_labels"],
+            outputs="cohort_manifest",
+            name="label_cohort_with_pseudo_labels",
+        ),
+    ]
 
 
 def _named(function: Callable[..., Any], name: str, **bound: Any) -> Callable[..., Any]:
@@ -115,13 +127,7 @@ def _embed_and_cluster() -> list[Any]:
             outputs="train_embeddings",
             name="embed_training_utterances",
         ),
-        node(
-            nodes.cluster_training_embeddings,
-            inputs=["train_embeddings", "train_manifest", f"{PARAMS}.clustering"],
-            outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
-            name="cluster_training_embeddings",
-        ),
-        _label_cohort(),
+        *_cluster_and_label(),
     ]
 
 
@@ -226,17 +232,7 @@ def create_pipeline(
     parts = [_stage_zero(initial_source)]
     parts.append(
         pipeline(
-            Pipeline(
-                [
-                    node(
-                        nodes.cluster_training_embeddings,
-                        inputs=["train_embeddings", "train_manifest", f"{PARAMS}.clustering"],
-                        outputs=["pseudo_labels", "cluster_health", "cluster_sizes_plot"],
-                        name="cluster_training_embeddings",
-                    ),
-                    _label_cohort(),
-                ]
-            ),
+            Pipeline(_cluster_and_label()),
             namespace=f"{NAMESPACE}.initial",
             inputs={
                 "train_embeddings": f"{NAMESPACE}.initial_embeddings",
