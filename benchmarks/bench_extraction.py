@@ -78,10 +78,14 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=48)
     parser.add_argument("--configs", nargs="+", default=["tiny", "ecapa", "base"])
     parser.add_argument("--max-batch-seconds", type=float, default=16.0)
-    parser.add_argument("--seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX")
+    )
     args = parser.parse_args()
     low, high = args.seconds
-    print(f"torch threads: {torch.get_num_threads()}, {args.utterances} utterances of {low}-{high} s")
+    print(
+        f"torch threads: {torch.get_num_threads()}, {args.utterances} utterances of {low}-{high} s"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_corpus(Path(tmp), args.utterances, low, high)
         audio_seconds = manifest["duration"].sum()

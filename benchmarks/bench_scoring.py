@@ -26,6 +26,7 @@ from sv_kedro.scoring.asnorm import as_norm_scores
 from sv_kedro.scoring.cosine import cosine_scores
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.scoring.metrics import verification_metrics
+from sv_kedro.scoring.trial_list import trials_frame
 
 N_UTTS = 145_160
 N_TRIALS = 552_536
@@ -53,14 +54,10 @@ def make_trials(table: EmbeddingTable, speakers: np.ndarray, n_trials: int, seed
     targets = rng.random(n_trials) < 0.5
     spk = speakers[enrol[targets]]
     test[targets] = order[starts[spk] + rng.integers(0, counts[spk])]
-    keys = np.array(table.keys_)
-    return pd.DataFrame(
-        {
-            "label": (speakers[enrol] == speakers[test]).astype(np.int8),
-            # As TrialsDataset loads them: categorical utterance columns.
-            "enrol": pd.Categorical(keys[enrol]),
-            "test": pd.Categorical(keys[test]),
-        }
+    keys = np.array(table.keys_, dtype=object)
+    # As TrialsDataset loads them: categorical utterance columns sharing one category set.
+    return trials_frame(
+        (speakers[enrol] == speakers[test]).astype(np.int8), keys[enrol], keys[test]
     )
 
 

@@ -8,10 +8,11 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from sv_kedro.scoring.asnorm import as_norm_scores, cohort_statistics, speaker_cohort
-from sv_kedro.scoring.cosine import cosine_scores, fuse_scores
+from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.scoring.metrics import compute_eer
 from sv_kedro.scoring.plda import LDA, TwoCovariancePLDA, lda_plda_pipeline_fit, plda_scores
+from sv_kedro.scoring.trial_list import trials_frame
 
 
 def speaker_data(n_speakers=30, per_speaker=8, dim=16, seed=0, spread=1.0):
@@ -46,6 +47,25 @@ def test_cosine_scores_equal_direct_cosine_and_chunking_is_invisible():
     ]
     np.testing.assert_allclose(cosine_scores(table, trials), direct, atol=1e-6)
     np.testing.assert_allclose(cosine_scores(table, trials, chunk=7), direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-categories", "own-categories"])
+def test_categorical_trials_resolve_to_the_same_rows_as_plain_strings(shared: bool):
+    table, labels = speaker_data()
+    plain = all_trials(table, labels)
+    if shared:
+        categorical = trials_frame(plain.label.to_numpy(), plain.enrol, plain.test)
+        assert categorical.enrol.cat.categories is categorical.test.cat.categories
+    else:
+        categorical = plain.astype({"enrol": "category", "test": "category"})
+    enrol, test = trial_rows(table, categorical)
+    assert enrol.tolist() == table.rows(list(plain.enrol)).tolist()
+    assert test.tolist() == table.rows(list(plain.test)).tolist()
+    categorical.loc[2, "test"] = categorical.enrol[0]  # still a known category
+    categorical["test"] = categorical["test"].cat.add_categories(["nobody/missing.wav"])
+    categorical.loc[3, "test"] = "nobody/missing.wav"
+    with pytest.raises(EmbeddingError, match=r"nobody/missing\.wav"):
+        trial_rows(table, categorical)
 
 
 def test_missing_utterance_and_nan_are_named():

@@ -24,6 +24,9 @@ def test_voxceleb1_o_lists_parse_completely(shared_data: Path, name: str, count:
 
 def test_round_trip_with_and_without_labels(tmp_path: Path):
     trials = parse_trial_lines(["1 a/x.wav b/y.wav", "0 a/x.wav c/z.wav"])
+    # One category set for both columns, so scoring resolves each utterance once.
+    assert list(trials["enrol"].cat.categories) == ["a/x.wav", "b/y.wav", "c/z.wav"]
+    assert trials["enrol"].cat.categories is trials["test"].cat.categories
     write_trial_list(trials, tmp_path / "t.txt")
     assert read_trial_list(tmp_path / "t.txt").equals(trials)
     unlabelled = parse_trial_lines(["a/x.wav b/y.wav"])

@@ -15,7 +15,7 @@ import pandas as pd
 
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 
-DEFAULT_CHUNK = 8_192
+DEFAULT_CHUNK = 2_048
 
 
 def _lookup(index: pd.Index, column: pd.Series) -> np.ndarray:
@@ -25,10 +25,20 @@ def _lookup(index: pd.Index, column: pd.Series) -> np.ndarray:
     is hashed once rather than once per trial.
     """
     if isinstance(column.dtype, pd.CategoricalDtype):
-        category_rows = index.get_indexer(column.cat.categories.astype(str))
-        codes = column.cat.codes.to_numpy()
-        return np.where(codes >= 0, category_rows[codes], -1)
+        return _rows_of_codes(index.get_indexer(column.cat.categories.astype(str)), column)
     return index.get_indexer(column.astype(str))
+
+
+def _share_categories(a: pd.Series, b: pd.Series) -> bool:
+    if not (isinstance(a.dtype, pd.CategoricalDtype) and isinstance(b.dtype, pd.CategoricalDtype)):
+        return False
+    left, right = a.cat.categories, b.cat.categories
+    return left is right or left.equals(right)
+
+
+def _rows_of_codes(category_rows: np.ndarray, column: pd.Series) -> np.ndarray:
+    codes = column.cat.codes.to_numpy()
+    return np.where(codes >= 0, category_rows[codes], -1)
 
 
 def trial_rows(table: EmbeddingTable, trials: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -37,8 +47,15 @@ def trial_rows(table: EmbeddingTable, trials: pd.DataFrame) -> tuple[np.ndarray,
     Raises ``EmbeddingError`` naming utterances the trial list needs but ``table`` lacks.
     """
     index = table.index
-    enrol = _lookup(index, trials["enrol"])
-    test = _lookup(index, trials["test"])
+    enrol_column, test_column = trials["enrol"], trials["test"]
+    if _share_categories(enrol_column, test_column):
+        # One lookup for both sides (``trials_frame`` builds them so).
+        category_rows = index.get_indexer(enrol_column.cat.categories.astype(str))
+        enrol = _rows_of_codes(category_rows, enrol_column)
+        test = _rows_of_codes(category_rows, test_column)
+    else:
+        enrol = _lookup(index, enrol_column)
+        test = _lookup(index, test_column)
     if (enrol < 0).any() or (test < 0).any():
         missing = pd.unique(
             np.r_[
@@ -61,8 +78,9 @@ def normalise_embeddings(
     if mean is not None:
         out = out - np.asarray(mean, dtype=np.float32)
     if length_norm:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out = out / np.maximum(norms, 1e-12)
+        # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+        out = out / np.maximum(norms, 1e-12)[:, None]
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

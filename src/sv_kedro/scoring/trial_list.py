@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sv_kedro.utils.atomic import atomic_write_path
@@ -58,14 +59,31 @@ def parse_trial_lines(lines: Iterable[str], source: str = "<trials>") -> pd.Data
         test.append(fields[-1])
     if not enrol:
         raise TrialListError(f"{source}: no trials")
-    label_values = labels if has_label else [pd.NA] * len(enrol)
+    return trials_frame(labels if has_label else None, enrol, test)
+
+
+def trials_frame(
+    labels: Sequence[int] | np.ndarray | None,
+    enrol: Sequence[str] | np.ndarray,
+    test: Sequence[str] | np.ndarray,
+) -> pd.DataFrame:
+    """A trials DataFrame whose ``enrol`` and ``test`` columns share one category set.
+
+    Categorical: each utterance is stored and hashed once however many trials name it
+    (VoxCeleb1-E/H name each utterance dozens of times), and because both columns share
+    their categories, scoring resolves every utterance to an embedding row once.
+    """
+    if len(enrol) != len(test):
+        raise TrialListError(f"{len(enrol)} enrolment but {len(test)} test utterances")
+    codes, uniques = pd.factorize(np.concatenate([np.asarray(enrol), np.asarray(test)]))
+    categories = pd.Index(uniques.astype(str), dtype=object)
+    n = len(enrol)
+    label_values = [pd.NA] * n if labels is None else labels
     return pd.DataFrame(
         {
             "label": pd.array(label_values, dtype="Int8"),
-            # Categorical: each utterance is stored and hashed once however many
-            # trials name it (VoxCeleb1-E/H name each utterance dozens of times).
-            "enrol": pd.Categorical(enrol),
-            "test": pd.Categorical(test),
+            "enrol": pd.Categorical.from_codes(codes[:n], categories=categories),
+            "test": pd.Categorical.from_codes(codes[n:], categories=categories),
         }
     )
 
