@@ -153,11 +153,11 @@ def main() -> None:
         clock = time.perf_counter()
         if stage == "lmft":
             previous, _, _ = nodes.large_margin_fine_tune(
-                labels, train, previous, params["finetune"], params["lmft"], run
+                labels, embeddings, train, previous, params["finetune"], params["lmft"], run
             )
         else:
             previous, _, _ = nodes.fine_tune_round(
-                labels, train, previous, params["finetune"], run, stage
+                labels, embeddings, train, previous, params["finetune"], run, stage
             )
         embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
         labels, health, _ = nodes.cluster_training_embeddings(

@@ -58,6 +58,16 @@ def test_pipeline_structure_and_registered_systems() -> None:
     names = {n.name for n in three.nodes}
     assert "ssl_pseudo_labeling.iter_3.fine_tune_on_pseudo_labels" in names
     assert "ssl_pseudo_labeling.lmft.large_margin_fine_tune" in names
+    # Each round's classifier starts at prototypes of the embeddings its labels came from.
+    inputs = {n.name: set(n.inputs) for n in three.nodes}
+    assert (
+        "ssl_pseudo_labeling.initial_embeddings"
+        in inputs["ssl_pseudo_labeling.iter_1.fine_tune_on_pseudo_labels"]
+    )
+    assert (
+        "ssl_pseudo_labeling.iter_3.train_embeddings"
+        in inputs["ssl_pseudo_labeling.lmft.large_margin_fine_tune"]
+    )
     assert evaluated_systems(iterations=2) == [
         "ssl_pseudo_labeling.dino",
         "ssl_pseudo_labeling.iter_1",

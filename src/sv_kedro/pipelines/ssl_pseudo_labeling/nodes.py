@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from sv_kedro.api import model_from_checkpoint
 from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure
+from sv_kedro.clustering.prototypes import with_prototype_classifier
 from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels, pseudo_label_frame
 from sv_kedro.models.dino import encoder_checkpoint_payload
 from sv_kedro.models.factory import ARCHITECTURE_SECTIONS
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # What of the training manifest may reach training: audio, never the speaker.
 AUDIO_COLUMNS = ("utt_id", "path", "duration", "num_frames", "sample_rate", "channels", "source")
+CLASSIFIER_STARTS = ("fresh", "prototypes")
 CLUSTER_OPTIONS = (
     "n_iter",
     "seed",
@@ -218,10 +220,21 @@ def _fine_tune(
     config: dict[str, Any],
     run: dict[str, Any],
     stage: str,
+    previous_embeddings: EmbeddingTable | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
     _set_threads(run)
     manifest = pseudo_labeled_manifest(train_manifest, pseudo_labels)
     initial = previous if previous is not None and config.get("init_from_previous", True) else None
+    if initial is not None:
+        # The labels were just re-clustered: the previous classifier's rows name other
+        # pseudo-speakers, so it never carries over. It restarts fresh or at prototypes.
+        start = config.get("classifier_start", "fresh")
+        if start not in CLASSIFIER_STARTS:
+            raise ValueError(
+                f"{stage}: classifier_start must be one of {CLASSIFIER_STARTS}, got {start!r}"
+            )
+        embeddings = previous_embeddings if start == "prototypes" else None
+        initial = with_prototype_classifier(initial, embeddings, manifest)
     # New pseudo-labels or a retrained previous stage give a new folder, never a resume.
     fingerprint = run_fingerprint(
         manifest, config, initial["model_state"] if initial is not None else None
@@ -248,6 +261,7 @@ def _fine_tune(
 
 def fine_tune_round(
     pseudo_labels: pd.DataFrame,
+    previous_embeddings: EmbeddingTable,
     train_manifest: pd.DataFrame,
     previous_checkpoint: dict[str, Any],
     finetune: dict[str, Any],
@@ -256,11 +270,17 @@ def fine_tune_round(
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
     """One round: train the ``finetune.model`` on the pseudo-labels, initialised from
     ``previous_checkpoint`` (matching weights; L2-SP pulls towards them) unless
-    ``finetune.init_from_previous`` is false (e.g. WavLM after a DINO ECAPA-TDNN, round 1)."""
+    ``finetune.init_from_previous`` is false (e.g. WavLM after a DINO ECAPA-TDNN, round 1).
+
+    The classifier restarts (the labels were re-clustered): fresh, or with
+    ``finetune.classifier_start: prototypes`` at each pseudo-speaker's mean direction in
+    ``previous_embeddings`` (what the labels were clustered from)."""
     config = dict(finetune)
     if stage != "iter_1":
         config["init_from_previous"] = True  # later rounds always continue the previous one
-    return _fine_tune(pseudo_labels, train_manifest, previous_checkpoint, config, run, stage)
+    return _fine_tune(
+        pseudo_labels, train_manifest, previous_checkpoint, config, run, stage, previous_embeddings
+    )
 
 
 def fine_tune_first_round_from_scratch(
@@ -276,6 +296,7 @@ def fine_tune_first_round_from_scratch(
 
 def large_margin_fine_tune(
     pseudo_labels: pd.DataFrame,
+    previous_embeddings: EmbeddingTable,
     train_manifest: pd.DataFrame,
     previous_checkpoint: dict[str, Any],
     finetune: dict[str, Any],
@@ -283,10 +304,13 @@ def large_margin_fine_tune(
     run: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
     """Stage 4: the last round's model, longer crops and a larger AAM margin (``lmft``
-    overrides ``finetune`` key by key)."""
+    overrides ``finetune`` key by key); the classifier restarts as in :func:`fine_tune_round`
+    (the shipped ``lmft`` starts it at the prototypes)."""
     config = deep_merge(finetune, lmft)
     config["init_from_previous"] = True
-    return _fine_tune(pseudo_labels, train_manifest, previous_checkpoint, config, run, "lmft")
+    return _fine_tune(
+        pseudo_labels, train_manifest, previous_checkpoint, config, run, "lmft", previous_embeddings
+    )
 
 
 # ------------------------------------------------------------------------------ reports

@@ -133,13 +133,15 @@ def _embed_and_cluster() -> list[Any]:
 
 def round_template(stage: str, first_from_scratch: bool = False) -> Pipeline:
     """One round (``iter_k``) or LMFT: train on ``previous_pseudo_labels`` from
-    ``previous_checkpoint``, embed the training set, re-cluster."""
+    ``previous_checkpoint`` (its classifier at the prototypes of the labels in
+    ``previous_train_embeddings``), embed the training set, re-cluster."""
     outputs = ["checkpoint", "training_metrics", "gate_plot"]
     if stage == "lmft":
         train = node(
             nodes.large_margin_fine_tune,
             inputs=[
                 "previous_pseudo_labels",
+                "previous_train_embeddings",
                 "train_manifest",
                 "previous_checkpoint",
                 f"{PARAMS}.finetune",
@@ -166,6 +168,7 @@ def round_template(stage: str, first_from_scratch: bool = False) -> Pipeline:
             _named(nodes.fine_tune_round, "fine_tune_round", stage=stage),
             inputs=[
                 "previous_pseudo_labels",
+                "previous_train_embeddings",
                 "train_manifest",
                 "previous_checkpoint",
                 f"{PARAMS}.finetune",
@@ -251,6 +254,11 @@ def create_pipeline(
         if not scratch:
             inputs["previous_checkpoint"] = (
                 f"{NAMESPACE}.dino.checkpoint" if position == 0 else f"{previous}.checkpoint"
+            )
+            inputs["previous_train_embeddings"] = (
+                f"{NAMESPACE}.initial_embeddings"
+                if position == 0
+                else f"{previous}.train_embeddings"
             )
         parts.append(
             pipeline(
