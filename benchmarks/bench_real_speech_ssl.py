@@ -98,6 +98,8 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
     params["dino"]["data"].update({"global_seconds": 2.0, "local_seconds": 1.0})
     params["clustering"].update({"k1": args.k1, "k2": args.k2})
     params["finetune"]["training"]["epochs"] = args.epochs
+    if args.classifier_start:
+        params["finetune"]["classifier_start"] = args.classifier_start
     params["finetune"]["data"].update({"batch_size": 32, "crop_seconds": 3.0})
     params["lmft"]["training"]["epochs"] = args.lmft_epochs
     params["lmft"]["data"] = {"crop_seconds": 4.0}
@@ -117,6 +119,12 @@ def main() -> None:
     parser.add_argument("--k1", type=int, default=300)
     parser.add_argument("--k2", type=int, default=120)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--classifier-start",
+        choices=["fresh", "prototypes"],
+        default=None,
+        help="each round's classifier start (default: the shipped finetune.classifier_start)",
+    )
     parser.add_argument("--supervised-eer", type=float, default=None, help="baseline EER (0-1)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

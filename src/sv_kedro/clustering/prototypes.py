@@ -1,12 +1,12 @@
-"""Start a round's classifier at its pseudo-speakers' prototypes.
+"""Restart a round's classifier: fresh, or at its pseudo-speakers' prototypes.
 
 Each round re-clusters the training set, so pseudo-speaker ``j`` of the new labels has
-nothing to do with row ``j`` of the previous round's classifier: loading that row (same
-shape, so weight matching would take it) starts training against a scrambled head, and a
-fresh random head is little better. The mean direction of each pseudo-speaker's embeddings,
-as the encoder that produced the labels saw them, is what a trained cosine classifier
-converges to anyway, so training starts near a solution and the first batches' losses
-already separate clean from noisy labels (what the loss gate needs).
+nothing to do with row ``j`` of the previous round's classifier; with a constant number of
+clusters the shapes match and weight matching would silently load those rows. The
+classifier therefore never carries over. Its prototype start is the mean direction of each
+pseudo-speaker's embeddings as the encoder that produced the labels saw them: what a
+trained cosine classifier converges to, so training starts near a solution and the first
+losses already separate clean from noisy labels.
 """
 
 from __future__ import annotations
