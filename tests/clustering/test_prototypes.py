@@ -10,7 +10,7 @@ import torch
 from sv_kedro.clustering.prototypes import (
     CLASSIFIER_KEY,
     class_prototypes,
-    with_prototype_classifier,
+    restart_classifier,
 )
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 
@@ -51,7 +51,7 @@ def test_previous_classifier_is_replaced_by_the_new_labels_prototypes():
         "architecture": "ecapa_tdnn",
         "model_state": {CLASSIFIER_KEY: scrambled, "pooling.w": torch.ones(2)},
     }
-    started = with_prototype_classifier(checkpoint, table, labels.sample(frac=1, random_state=0))
+    started = restart_classifier(checkpoint, table, labels.sample(frac=1, random_state=0))
     weight = started["model_state"][CLASSIFIER_KEY]
     expected = class_prototypes(table.vectors, labels.speaker_index.to_numpy(), 4)
     np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-5)
@@ -64,10 +64,10 @@ def test_without_matching_embeddings_the_previous_classifier_is_dropped():
     table, labels = clustered()
     state = {CLASSIFIER_KEY: torch.randn(4, 16), "head.classifier.bias": torch.zeros(4)}
     for embeddings in (None, table):  # none, or 8-d embeddings for a 16-d classifier input
-        started = with_prototype_classifier({"model_state": state}, embeddings, labels)
+        started = restart_classifier({"model_state": state}, embeddings, labels)
         assert not [k for k in started["model_state"] if k.startswith("head.classifier")]
     # A DINO encoder has no classifier: the prototypes are added for the new one.
-    started = with_prototype_classifier({"model_state": {}}, table, labels)
+    started = restart_classifier({"model_state": {}}, table, labels)
     assert started["model_state"][CLASSIFIER_KEY].shape == (4, 8)
 
 
@@ -75,4 +75,4 @@ def test_labels_for_utterances_without_embeddings_are_named():
     table, labels = clustered()
     labels.loc[0, "utt_id"] = "nobody.wav"
     with pytest.raises(EmbeddingError, match=r"nobody\.wav"):
-        with_prototype_classifier({"model_state": {}}, table, labels)
+        restart_classifier({"model_state": {}}, table, labels)

@@ -50,17 +50,17 @@ def class_prototypes(
     return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def with_prototype_classifier(
+def restart_classifier(
     checkpoint: Mapping[str, Any],
     embeddings: EmbeddingTable | None,
     pseudo_labels: pd.DataFrame,
 ) -> dict[str, Any]:
-    """``checkpoint`` whose ``model_state`` starts the classifier at the prototypes of
+    """``checkpoint`` without its classifier, or with it at the prototypes of
     ``pseudo_labels`` (``utt_id``, ``speaker_index``) in ``embeddings``.
 
-    Without embeddings, or when they are not what the classifier reads (their dimension
-    differs from the previous classifier's input), the previous classifier is dropped so
-    the new one starts fresh rather than scrambled. The input is never modified.
+    Without embeddings (a fresh start), or when they are not what the classifier reads
+    (their dimension differs from the previous classifier's input), the previous classifier
+    is dropped and the new model builds its own. The input is never modified.
     """
     state = dict(checkpoint["model_state"])
     previous = state.get(CLASSIFIER_KEY)

@@ -25,8 +25,14 @@ def _lookup(index: pd.Index, column: pd.Series) -> np.ndarray:
     is hashed once rather than once per trial.
     """
     if isinstance(column.dtype, pd.CategoricalDtype):
-        return _rows_of_codes(index.get_indexer(column.cat.categories.astype(str)), column)
+        return _rows_of_codes(_category_rows(index, column.cat.categories), column)
     return index.get_indexer(column.astype(str))
+
+
+def _category_rows(index: pd.Index, categories: pd.Index) -> np.ndarray:
+    if categories.inferred_type != "string":
+        categories = categories.astype(str)
+    return index.get_indexer(categories)
 
 
 def _share_categories(a: pd.Series, b: pd.Series) -> bool:
@@ -50,7 +56,7 @@ def trial_rows(table: EmbeddingTable, trials: pd.DataFrame) -> tuple[np.ndarray,
     enrol_column, test_column = trials["enrol"], trials["test"]
     if _share_categories(enrol_column, test_column):
         # One lookup for both sides (``trials_frame`` builds them so).
-        category_rows = index.get_indexer(enrol_column.cat.categories.astype(str))
+        category_rows = _category_rows(index, enrol_column.cat.categories)
         enrol = _rows_of_codes(category_rows, enrol_column)
         test = _rows_of_codes(category_rows, test_column)
     else:

@@ -57,7 +57,9 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
     def index(self) -> pd.Index:
         """The keys as a ``pandas.Index`` (built once), for vectorised lookups."""
         if self._pd_index is None:
-            self._pd_index = pd.Index(self.keys_)
+            # Object dtype: trial-list categories (object strings) are then looked up
+            # without converting either side to pandas' string dtype first.
+            self._pd_index = pd.Index(self.keys_, dtype=object)
         return self._pd_index
 
     @property

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from sv_kedro.api import model_from_checkpoint
 from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure
-from sv_kedro.clustering.prototypes import with_prototype_classifier
+from sv_kedro.clustering.prototypes import restart_classifier
 from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels, pseudo_label_frame
 from sv_kedro.models.dino import encoder_checkpoint_payload
 from sv_kedro.models.factory import ARCHITECTURE_SECTIONS
@@ -234,7 +234,7 @@ def _fine_tune(
                 f"{stage}: classifier_start must be one of {CLASSIFIER_STARTS}, got {start!r}"
             )
         embeddings = previous_embeddings if start == "prototypes" else None
-        initial = with_prototype_classifier(initial, embeddings, manifest)
+        initial = restart_classifier(initial, embeddings, manifest)
     # New pseudo-labels or a retrained previous stage give a new folder, never a resume.
     fingerprint = run_fingerprint(
         manifest, config, initial["model_state"] if initial is not None else None

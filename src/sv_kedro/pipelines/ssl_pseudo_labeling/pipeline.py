@@ -133,8 +133,8 @@ def _embed_and_cluster() -> list[Any]:
 
 def round_template(stage: str, first_from_scratch: bool = False) -> Pipeline:
     """One round (``iter_k``) or LMFT: train on ``previous_pseudo_labels`` from
-    ``previous_checkpoint`` (its classifier at the prototypes of the labels in
-    ``previous_train_embeddings``), embed the training set, re-cluster."""
+    ``previous_checkpoint`` (its classifier restarted, fresh or at the prototypes of the
+    labels in ``previous_train_embeddings``), embed the training set, re-cluster."""
     outputs = ["checkpoint", "training_metrics", "gate_plot"]
     if stage == "lmft":
         train = node(
