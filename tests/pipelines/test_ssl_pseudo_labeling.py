@@ -22,7 +22,10 @@ from kedro.framework.startup import bootstrap_project
 
 from sv_kedro.datasets import EmbeddingsDataset
 from sv_kedro.pipelines.ssl_pseudo_labeling import create_pipeline, evaluated_systems
-from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import pseudo_labeled_manifest
+from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
+    fine_tune_first_round_from_scratch,
+    pseudo_labeled_manifest,
+)
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 
 THREADS = {"ssl_pseudo_labeling": {"run": {"torch_threads": 1}}}
@@ -123,6 +126,15 @@ def test_training_input_never_holds_true_speakers() -> None:
     assert "true_speaker" not in training.columns
     with pytest.raises(ValueError, match="'a'"):
         pseudo_labeled_manifest(manifest, labels.iloc[:1])
+
+
+def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -> None:
+    manifest = pd.DataFrame({"utt_id": ["a"], "speaker": ["s1"], "path": ["/a"]})
+    labels = pd.DataFrame({"utt_id": ["a"], "speaker_index": [0]})
+    finetune = {"classifier_start": "centroids", "model": {}, "loss": {}, "training": {}}
+    with pytest.raises(ValueError, match=r"iter_1: classifier_start .* 'centroids'"):
+        fine_tune_first_round_from_scratch(labels, manifest, finetune, {"work_dir": str(tmp_path)})
+    assert not any(tmp_path.iterdir())
 
 
 def test_every_stage_pays_its_way(ssl_project: Path) -> None:

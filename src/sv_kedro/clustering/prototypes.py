@@ -64,18 +64,16 @@ def restart_classifier(
     """
     state = dict(checkpoint["model_state"])
     previous = state.get(CLASSIFIER_KEY)
-    labels = pseudo_labels["speaker_index"].to_numpy(dtype=np.int64)
-    n_classes = int(labels.max()) + 1
-    usable = embeddings is not None and (previous is None or previous.shape[1] == embeddings.dim)
     for key in [k for k in state if k.startswith("head.classifier.")]:
         del state[key]
-    if usable:
-        assert embeddings is not None
-        vectors = embeddings.vectors[embeddings.rows(list(pseudo_labels["utt_id"].astype(str)))]
-        prototypes = class_prototypes(vectors, labels, n_classes)
-        dtype = previous.dtype if previous is not None else torch.float32
-        state[CLASSIFIER_KEY] = torch.from_numpy(prototypes).to(dtype)
-        log.info("classifier starts at %d pseudo-speaker prototypes", n_classes)
-    else:
+    if embeddings is None or (previous is not None and previous.shape[1] != embeddings.dim):
         log.info("classifier starts fresh: no embeddings that match its input")
+        return {**checkpoint, "model_state": state}
+    labels = pseudo_labels["speaker_index"].to_numpy(dtype=np.int64)
+    n_classes = int(labels.max()) + 1
+    vectors = embeddings.vectors[embeddings.rows(list(pseudo_labels["utt_id"].astype(str)))]
+    prototypes = class_prototypes(vectors, labels, n_classes)
+    dtype = previous.dtype if previous is not None else torch.float32
+    state[CLASSIFIER_KEY] = torch.from_numpy(prototypes).to(dtype)
+    log.info("classifier starts at %d pseudo-speaker prototypes", n_classes)
     return {**checkpoint, "model_state": state}

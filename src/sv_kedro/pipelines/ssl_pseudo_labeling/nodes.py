@@ -222,17 +222,17 @@ def _fine_tune(
     stage: str,
     previous_embeddings: EmbeddingTable | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
+    start = config.get("classifier_start", "fresh")
+    if start not in CLASSIFIER_STARTS:
+        raise ValueError(
+            f"{stage}: classifier_start must be one of {CLASSIFIER_STARTS}, got {start!r}"
+        )
     _set_threads(run)
     manifest = pseudo_labeled_manifest(train_manifest, pseudo_labels)
     initial = previous if previous is not None and config.get("init_from_previous", True) else None
     if initial is not None:
         # The labels were just re-clustered: the previous classifier's rows name other
         # pseudo-speakers, so it never carries over. It restarts fresh or at prototypes.
-        start = config.get("classifier_start", "fresh")
-        if start not in CLASSIFIER_STARTS:
-            raise ValueError(
-                f"{stage}: classifier_start must be one of {CLASSIFIER_STARTS}, got {start!r}"
-            )
         embeddings = previous_embeddings if start == "prototypes" else None
         initial = restart_classifier(initial, embeddings, manifest)
     # New pseudo-labels or a retrained previous stage give a new folder, never a resume.
