@@ -95,8 +95,15 @@ def test_ctc_variant_outputs_frame_logits(encoder_config, padded_waves) -> None:
     assert out.embedding.shape == (3, 64)  # mean+std of 32-d pre-logit features
 
 
-def test_paired_model_is_padding_invariant(encoder_config, padded_waves) -> None:
-    model = build_model({"architecture": "ssl_paired", "encoder": encoder_config("wav2vec2")})
+@pytest.mark.parametrize("head", PairedSpeakerModel.heads)
+def test_paired_model_is_padding_invariant(encoder_config, padded_waves, head: str) -> None:
+    model = build_model(
+        {
+            "architecture": "ssl_paired",
+            "encoder": encoder_config("wav2vec2"),
+            "paired": {"head": head},
+        }
+    )
     model.eval()
     waves, lengths = padded_waves
     other, other_lengths = waves.flip(0), lengths.flip(0)
@@ -111,6 +118,33 @@ def test_paired_model_is_padding_invariant(encoder_config, padded_waves) -> None
             torch.testing.assert_close(logits[row : row + 1], alone, atol=1e-5, rtol=1e-4)
         swapped = model.score_pairs(other, other_lengths, waves, lengths)
     assert not torch.allclose(swapped, logits)  # order matters: [CLS] a [SEP] b [END]
+
+
+def test_paired_model_segment_cosine_head_reads_each_side(encoder_config) -> None:
+    """The same utterance on both sides scores the head's maximum, scale + bias."""
+    model = build_model(
+        {
+            "architecture": "ssl_paired",
+            "encoder": encoder_config("wav2vec2"),
+            "paired": {"head": "segment_cosine"},
+        }
+    ).eval()
+    wave = torch.randn(1, 4000)
+    with torch.no_grad():
+        frames, mask = model.frontend.extract_features(wave)[:2]
+        same = model.pair_logits(frames, mask, frames, mask)
+        other = model.pair_logits(frames, mask, torch.randn_like(frames), mask)
+    # [CLS] a [SEP] a [END] is not symmetric (the tokens differ), so not exactly the max.
+    assert float(same) > float(other)
+    assert float(same) <= float(model.score_scale + model.score_bias) + 1e-5
+    with pytest.raises(ValueError, match=r"paired.head must be one of"):
+        build_model(
+            {
+                "architecture": "ssl_paired",
+                "encoder": encoder_config("wav2vec2"),
+                "paired": {"head": "x"},
+            }
+        )
 
 
 def test_config_errors_name_the_key() -> None:

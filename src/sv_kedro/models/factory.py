@@ -9,7 +9,7 @@ Config (a JSON-able dict; unknown keys are errors that name the key)::
     head: {hidden_dims: [], embedding_layer: pooled, classifier: linear|cosine,
            activation: relu, batch_norm: false, dropout: 0.0}
     mhfa: {compression_dim: 128, n_heads: 64, embedding_dim: 256}         # ssl_mhfa
-    paired: {init_std: 0.02}                                             # ssl_paired
+    paired: {init_std: 0.02, head: cls|segment_cosine}                    # ssl_paired
     fbank: {n_mels: 40|80, sample_rate: 16000, mean_norm: true}          # xvector, ecapa
     xvector: {channels: 512, stats_channels: 1500, kernels: [5,3,3,1,1], dilations: [1,2,3,1,1]}
     ecapa: {channels: 512, embedding_dim: 192, dilations: [2,3,4], scale: 8, ...}
@@ -57,7 +57,7 @@ ARCHITECTURE_HEADS: dict[str, dict[str, Any]] = {
 }
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "mhfa": {"compression_dim": 128, "n_heads": 64, "embedding_dim": 256},
-    "paired": {"init_std": 0.02},
+    "paired": {"init_std": 0.02, "head": "cls"},
     "xvector": {
         "channels": 512,
         "stats_channels": 1500,

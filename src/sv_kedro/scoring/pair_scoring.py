@@ -89,8 +89,6 @@ def score_pairs_batched(
             rows = order[start : start + batch_size]
             frames_a, mask_a = _padded_frames([features[u] for u in enrol[rows]])
             frames_b, mask_b = _padded_frames([features[u] for u in test[rows]])
-            sequence, mask = model.pack_pair(frames_a, mask_a, frames_b, mask_b)
-            encoded = model.frontend.encode(sequence, mask, output_hidden_states=False)
-            logits = model.classifier(encoded.frames[:, 0]).squeeze(-1)
+            logits = model.pair_logits(frames_a, mask_a, frames_b, mask_b)
             scores[rows] = logits.double().cpu().numpy()
     return scores
