@@ -82,6 +82,35 @@ def test_missing_utterance_and_nan_are_named():
         cosine_scores(bad, trials)
 
 
+@pytest.mark.parametrize("length_norm", [True, False])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_rows_are_named_with_or_without_length_norm(value: float, length_norm: bool):
+    table, _ = speaker_data()
+    vectors = table.vectors.copy()
+    vectors[[4, 9], 3] = value
+    bad = EmbeddingTable(table.keys_, vectors)
+    keys = table.keys_
+    trials = pd.DataFrame(
+        {"label": [1, 0], "enrol": [keys[4], keys[0]], "test": [keys[1], keys[9]]}
+    )
+    with pytest.raises(EmbeddingError, match=rf"2 embedding\(s\) contain NaN or inf.*{keys[4]}"):
+        cosine_scores(bad, trials, length_norm=length_norm)
+    with pytest.raises(EmbeddingError, match="centring mean"):
+        cosine_scores(table, trials, mean=np.full(table.dim, value, dtype=np.float32))
+
+
+def test_a_finite_row_whose_squares_overflow_float32_still_scores_its_direction():
+    table, _ = speaker_data()
+    vectors = table.vectors.copy()
+    vectors[2] *= np.float32(1e20)  # squared norm ~1e40 > float32 max, yet every value finite
+    huge = EmbeddingTable(table.keys_, vectors)
+    keys = table.keys_
+    trials = pd.DataFrame(
+        {"label": [1, 0], "enrol": [keys[2], keys[0]], "test": [keys[3], keys[2]]}
+    )
+    np.testing.assert_allclose(cosine_scores(huge, trials), cosine_scores(table, trials), atol=1e-6)
+
+
 def test_fusion_is_weighted_mean():
     np.testing.assert_allclose(fuse_scores([np.array([0.0, 1.0]), np.array([1.0, 3.0])]), [0.5, 2])
     with pytest.raises(ValueError, match="differ in length"):

@@ -147,9 +147,38 @@ def cosine_scores(
         remap = np.full(len(table), -1, dtype=np.int64)
         remap[rows] = np.arange(len(rows))
         enrol, test = remap[enrol], remap[test]
-    _check_finite_rows(table, rows, vectors)
-    normed = normalise_embeddings(vectors, mean=mean, length_norm=length_norm)
+    if mean is not None and not np.isfinite(mean).all():
+        raise EmbeddingError("the centring mean contains NaN or inf")
+    if length_norm:
+        normed = _normalise_finite_rows(table, rows, vectors, mean)
+    else:
+        _check_finite_rows(table, rows, vectors)
+        normed = normalise_embeddings(vectors, mean=mean, length_norm=False)
     return paired_dot(normed, normed, enrol, test, chunk=chunk)
+
+
+def _normalise_finite_rows(
+    table: EmbeddingTable, rows: np.ndarray, vectors: np.ndarray, mean: np.ndarray | None
+) -> np.ndarray:
+    """``normalise_embeddings`` that also finds NaN/inf rows, without a pass of its own.
+
+    A row holds NaN or inf exactly when its squared norm is not finite, unless a finite
+    row's squares overflow float32; those few rows are checked one by one.
+    """
+    out = np.asarray(vectors, dtype=np.float32)
+    if mean is not None:
+        out = out - np.asarray(mean, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    suspect = np.flatnonzero(~np.isfinite(norms))
+    if suspect.size:
+        finite = np.isfinite(out[suspect]).all(axis=1)
+        if not finite.all():
+            bad = suspect[~finite]
+            names = [table.keys_[i] for i in rows[bad][:5]]
+            raise EmbeddingError(f"{len(bad)} embedding(s) contain NaN or inf, e.g. {names}")
+        wide = out[suspect].astype(np.float64)
+        norms[suspect] = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    return np.ascontiguousarray(out / np.maximum(norms, 1e-12)[:, None], dtype=np.float32)
 
 
 def _check_finite_rows(table: EmbeddingTable, rows: np.ndarray, vectors: np.ndarray) -> None:
