@@ -100,6 +100,8 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
     params["finetune"]["training"]["epochs"] = args.epochs
     if args.classifier_start:
         params["finetune"]["classifier_start"] = args.classifier_start
+    if args.round_start:
+        params["finetune"]["round_start"] = args.round_start
     params["finetune"]["data"].update({"batch_size": 32, "crop_seconds": 3.0})
     params["lmft"]["training"]["epochs"] = args.lmft_epochs
     params["lmft"]["data"] = {"crop_seconds": 4.0}
@@ -124,6 +126,12 @@ def main() -> None:
         choices=["fresh", "prototypes"],
         default=None,
         help="each round's classifier start (default: the shipped finetune.classifier_start)",
+    )
+    parser.add_argument(
+        "--round-start",
+        choices=["previous", "initial"],
+        default=None,
+        help="where rounds 2.. start (default: the shipped finetune.round_start)",
     )
     parser.add_argument("--supervised-eer", type=float, default=None, help="baseline EER (0-1)")
     parser.add_argument("--out", type=Path, default=None)
@@ -153,6 +161,7 @@ def main() -> None:
 
     clock = time.perf_counter()
     previous, _ = nodes.train_dino_encoder(train, params["dino"], run)
+    dino = previous
     embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
     labels, health, _ = nodes.cluster_training_embeddings(embeddings, train, params["clustering"])
     record("initial (DINO)", previous, health, time.perf_counter() - clock)
@@ -165,7 +174,7 @@ def main() -> None:
             )
         else:
             previous, _, _ = nodes.fine_tune_round(
-                labels, embeddings, train, previous, params["finetune"], run, stage
+                labels, embeddings, train, previous, params["finetune"], run, stage, dino
             )
         embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
         labels, health, _ = nodes.cluster_training_embeddings(

@@ -22,8 +22,10 @@ from kedro.framework.startup import bootstrap_project
 
 from sv_kedro.datasets import EmbeddingsDataset
 from sv_kedro.pipelines.ssl_pseudo_labeling import create_pipeline, evaluated_systems
+from sv_kedro.pipelines.ssl_pseudo_labeling import nodes as ssl_nodes
 from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
     fine_tune_first_round_from_scratch,
+    fine_tune_round,
     pseudo_labeled_manifest,
 )
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
@@ -135,6 +137,39 @@ def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -
     with pytest.raises(ValueError, match=r"iter_1: classifier_start .* 'centroids'"):
         fine_tune_first_round_from_scratch(labels, manifest, finetune, {"work_dir": str(tmp_path)})
     assert not any(tmp_path.iterdir())
+
+
+def test_round_start_picks_where_later_rounds_begin(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[str, Any, bool | None]] = []
+
+    def record(labels, manifest, previous, config, run, stage, embeddings=None):
+        started.append((stage, previous, config.get("init_from_previous")))
+
+    monkeypatch.setattr(ssl_nodes, "_fine_tune", record)
+    previous, initial = {"from": "iter_1"}, {"from": "dino"}
+
+    def round_(stage: str, **finetune: Any) -> tuple[str, Any, bool | None]:
+        fine_tune_round(None, None, None, previous, finetune, {}, stage, initial)
+        return started[-1]
+
+    assert round_("iter_2") == ("iter_2", previous, True)  # default: continue
+    assert round_("iter_2", round_start="initial") == ("iter_2", initial, None)
+    # Round 1 always starts from its previous stage (the DINO encoder itself).
+    assert round_("iter_1", round_start="initial")[1] is previous
+    # With init_from_previous false (voxceleb: WavLM-Base+), "initial" keeps it false.
+    assert round_("iter_3", round_start="initial", init_from_previous=False)[2] is False
+    with pytest.raises(ValueError, match=r"iter_2: round_start .* 'first'"):
+        round_("iter_2", round_start="first")
+    with pytest.raises(ValueError, match=r"iter_2: classifier_start 'prototypes' needs"):
+        round_("iter_2", round_start="initial", classifier_start="prototypes")
+    # The pipeline feeds rounds 2.. the DINO checkpoint; LMFT always continues.
+    inputs = {n.name: set(n.inputs) for n in create_pipeline(iterations=3).nodes}
+    dino = "ssl_pseudo_labeling.dino.checkpoint"
+    for stage in ("iter_2", "iter_3"):
+        assert dino in inputs[f"ssl_pseudo_labeling.{stage}.fine_tune_on_pseudo_labels"]
+    assert dino not in inputs["ssl_pseudo_labeling.lmft.large_margin_fine_tune"]
+    external = {n.name: set(n.inputs) for n in create_pipeline("external", iterations=2).nodes}
+    assert not any(dino in names for names in external.values())
 
 
 def test_every_stage_pays_its_way(ssl_project: Path) -> None:

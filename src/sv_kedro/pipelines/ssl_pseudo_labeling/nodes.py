@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # What of the training manifest may reach training: audio, never the speaker.
 AUDIO_COLUMNS = ("utt_id", "path", "duration", "num_frames", "sample_rate", "channels", "source")
 CLASSIFIER_STARTS = ("fresh", "prototypes")
+ROUND_STARTS = ("previous", "initial")
 CLUSTER_OPTIONS = (
     "n_iter",
     "seed",
@@ -267,19 +268,36 @@ def fine_tune_round(
     finetune: dict[str, Any],
     run: dict[str, Any],
     stage: str,
+    initial_checkpoint: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
     """One round: train the ``finetune.model`` on the pseudo-labels, initialised from
     ``previous_checkpoint`` (matching weights; L2-SP pulls towards them) unless
     ``finetune.init_from_previous`` is false (e.g. WavLM after a DINO ECAPA-TDNN, round 1).
 
+    ``finetune.round_start: initial`` starts rounds 2.. where round 1 started instead:
+    ``initial_checkpoint`` (the DINO encoder), or the model's own pre-trained weights when
+    there is none (external embeddings). The original recipe iterates so: each round is a
+    new training from WavLM-Base+ on the previous round's pseudo-labels.
+
     The classifier restarts (the labels were re-clustered): fresh, or with
     ``finetune.classifier_start: prototypes`` at each pseudo-speaker's mean direction in
     ``previous_embeddings`` (what the labels were clustered from)."""
     config = dict(finetune)
-    if stage != "iter_1":
-        config["init_from_previous"] = True  # later rounds always continue the previous one
+    round_start = config.get("round_start", "previous")
+    if round_start not in ROUND_STARTS:
+        raise ValueError(f"{stage}: round_start must be one of {ROUND_STARTS}, got {round_start!r}")
+    if stage == "iter_1":
+        start_from = previous_checkpoint
+    elif round_start == "previous":
+        start_from = previous_checkpoint
+        config["init_from_previous"] = True  # later rounds continue the previous one
+    else:
+        if config.get("classifier_start", "fresh") == "prototypes":
+            # The prototypes live in the previous model's space, not the initial one's.
+            raise ValueError(f"{stage}: classifier_start 'prototypes' needs round_start 'previous'")
+        start_from = initial_checkpoint
     return _fine_tune(
-        pseudo_labels, train_manifest, previous_checkpoint, config, run, stage, previous_embeddings
+        pseudo_labels, train_manifest, start_from, config, run, stage, previous_embeddings
     )
 
 

@@ -131,10 +131,15 @@ def _embed_and_cluster() -> list[Any]:
     ]
 
 
-def round_template(stage: str, first_from_scratch: bool = False) -> Pipeline:
+def round_template(
+    stage: str, first_from_scratch: bool = False, reads_initial: bool = False
+) -> Pipeline:
     """One round (``iter_k``) or LMFT: train on ``previous_pseudo_labels`` from
     ``previous_checkpoint`` (its classifier restarted, fresh or at the prototypes of the
-    labels in ``previous_train_embeddings``), embed the training set, re-cluster."""
+    labels in ``previous_train_embeddings``), embed the training set, re-cluster.
+
+    ``reads_initial``: the round also reads ``initial_checkpoint``, its start under
+    ``finetune.round_start: initial``."""
     outputs = ["checkpoint", "training_metrics", "gate_plot"]
     if stage == "lmft":
         train = node(
@@ -164,16 +169,19 @@ def round_template(stage: str, first_from_scratch: bool = False) -> Pipeline:
             name="fine_tune_on_pseudo_labels",
         )
     else:
+        inputs = {
+            "pseudo_labels": "previous_pseudo_labels",
+            "previous_embeddings": "previous_train_embeddings",
+            "train_manifest": "train_manifest",
+            "previous_checkpoint": "previous_checkpoint",
+            "finetune": f"{PARAMS}.finetune",
+            "run": f"{PARAMS}.run",
+        }
+        if reads_initial:
+            inputs["initial_checkpoint"] = "initial_checkpoint"
         train = node(
             _named(nodes.fine_tune_round, "fine_tune_round", stage=stage),
-            inputs=[
-                "previous_pseudo_labels",
-                "previous_train_embeddings",
-                "train_manifest",
-                "previous_checkpoint",
-                f"{PARAMS}.finetune",
-                f"{PARAMS}.run",
-            ],
+            inputs=inputs,
             outputs=outputs,
             name="fine_tune_on_pseudo_labels",
         )
@@ -260,9 +268,12 @@ def create_pipeline(
                 if position == 0
                 else f"{previous}.train_embeddings"
             )
+        reads_initial = initial_source == "dino" and position > 0 and stage != "lmft"
+        if reads_initial:
+            inputs["initial_checkpoint"] = f"{NAMESPACE}.dino.checkpoint"
         parts.append(
             pipeline(
-                round_template(stage, first_from_scratch=scratch),
+                round_template(stage, first_from_scratch=scratch, reads_initial=reads_initial),
                 namespace=f"{NAMESPACE}.{stage}",
                 inputs=inputs,
                 parameters={
