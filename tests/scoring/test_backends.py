@@ -8,7 +8,12 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from sv_kedro.scoring.asnorm import as_norm_scores, cohort_statistics, speaker_cohort
-from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, trial_rows
+from sv_kedro.scoring.cosine import (
+    cosine_scores,
+    fuse_scores,
+    normalise_embeddings,
+    trial_rows,
+)
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.scoring.metrics import compute_eer
 from sv_kedro.scoring.plda import LDA, TwoCovariancePLDA, lda_plda_pipeline_fit, plda_scores
@@ -109,6 +114,10 @@ def test_a_finite_row_whose_squares_overflow_float32_still_scores_its_direction(
         {"label": [1, 0], "enrol": [keys[2], keys[0]], "test": [keys[3], keys[2]]}
     )
     np.testing.assert_allclose(cosine_scores(huge, trials), cosine_scores(table, trials), atol=1e-6)
+    # The shared normaliser (AS-norm, PLDA) keeps the direction too.
+    np.testing.assert_allclose(
+        normalise_embeddings(huge.vectors)[2], normalise_embeddings(table.vectors)[2], atol=1e-6
+    )
 
 
 def test_fusion_is_weighted_mean():

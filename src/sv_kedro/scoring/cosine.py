@@ -80,14 +80,36 @@ def normalise_embeddings(
     vectors: np.ndarray, mean: np.ndarray | None = None, length_norm: bool = True
 ) -> np.ndarray:
     """Subtract ``mean`` (``[dim]``; e.g. the training-set mean) and L2-normalise rows."""
+    out = _centred(vectors, mean)
+    return _unit_rows(out)[0] if length_norm else out
+
+
+def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     out = np.asarray(vectors, dtype=np.float32)
     if mean is not None:
         out = out - np.asarray(mean, dtype=np.float32)
-    if length_norm:
-        # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
-        out = out / np.maximum(norms, 1e-12)[:, None]
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _unit_rows(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``out [n, dim]`` scaled to unit length, and the indices of rows holding NaN
+    or inf (found from the norms, without a pass of its own).
+
+    A finite row whose squares overflow float32 (values ~1e20) gets a float64 norm, so it
+    keeps its direction instead of collapsing to zero.
+    """
+    # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    suspect = np.flatnonzero(~np.isfinite(norms))
+    non_finite = suspect[:0]
+    if suspect.size:
+        finite = np.isfinite(out[suspect]).all(axis=1)
+        non_finite = suspect[~finite]
+        wide = out[suspect[finite]].astype(np.float64)
+        norms[suspect[finite]] = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    with np.errstate(invalid="ignore"):  # inf / inf in rows the caller is told about
+        unit = out / np.maximum(norms, 1e-12)[:, None]
+    return np.ascontiguousarray(unit, dtype=np.float32), non_finite
 
 
 def paired_dot(
@@ -150,43 +172,18 @@ def cosine_scores(
     if mean is not None and not np.isfinite(mean).all():
         raise EmbeddingError("the centring mean contains NaN or inf")
     if length_norm:
-        normed = _normalise_finite_rows(table, rows, vectors, mean)
+        normed, non_finite = _unit_rows(_centred(vectors, mean))
     else:
-        _check_finite_rows(table, rows, vectors)
-        normed = normalise_embeddings(vectors, mean=mean, length_norm=False)
+        normed, non_finite = _centred(vectors, mean), _non_finite_rows(vectors)
+    if non_finite.size:
+        names = [table.keys_[i] for i in rows[non_finite][:5]]
+        raise EmbeddingError(f"{len(non_finite)} embedding(s) contain NaN or inf, e.g. {names}")
     return paired_dot(normed, normed, enrol, test, chunk=chunk)
 
 
-def _normalise_finite_rows(
-    table: EmbeddingTable, rows: np.ndarray, vectors: np.ndarray, mean: np.ndarray | None
-) -> np.ndarray:
-    """``normalise_embeddings`` that also finds NaN/inf rows, without a pass of its own.
-
-    A row holds NaN or inf exactly when its squared norm is not finite, unless a finite
-    row's squares overflow float32; those few rows are checked one by one.
-    """
-    out = np.asarray(vectors, dtype=np.float32)
-    if mean is not None:
-        out = out - np.asarray(mean, dtype=np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
-    suspect = np.flatnonzero(~np.isfinite(norms))
-    if suspect.size:
-        finite = np.isfinite(out[suspect]).all(axis=1)
-        if not finite.all():
-            bad = suspect[~finite]
-            names = [table.keys_[i] for i in rows[bad][:5]]
-            raise EmbeddingError(f"{len(bad)} embedding(s) contain NaN or inf, e.g. {names}")
-        wide = out[suspect].astype(np.float64)
-        norms[suspect] = np.sqrt(np.einsum("ij,ij->i", wide, wide))
-    return np.ascontiguousarray(out / np.maximum(norms, 1e-12)[:, None], dtype=np.float32)
-
-
-def _check_finite_rows(table: EmbeddingTable, rows: np.ndarray, vectors: np.ndarray) -> None:
+def _non_finite_rows(vectors: np.ndarray) -> np.ndarray:
     # A row holds NaN or inf exactly when its sum does: one pass, no boolean matrix.
-    bad = ~np.isfinite(vectors.sum(axis=1, dtype=np.float64))
-    if bad.any():
-        names = [table.keys_[i] for i in rows[bad][:5]]
-        raise EmbeddingError(f"{int(bad.sum())} embedding(s) contain NaN or inf, e.g. {names}")
+    return np.flatnonzero(~np.isfinite(vectors.sum(axis=1, dtype=np.float64)))
 
 
 def fuse_scores(
