@@ -121,7 +121,7 @@ def test_paired_model_is_padding_invariant(encoder_config, padded_waves, head: s
 
 
 def test_paired_model_segment_cosine_head_reads_each_side(encoder_config) -> None:
-    """The same utterance on both sides scores the head's maximum, scale + bias."""
+    """An utterance against itself scores above the same utterance against other frames."""
     model = build_model(
         {
             "architecture": "ssl_paired",
@@ -134,9 +134,7 @@ def test_paired_model_segment_cosine_head_reads_each_side(encoder_config) -> Non
         frames, mask = model.frontend.extract_features(wave)[:2]
         same = model.pair_logits(frames, mask, frames, mask)
         other = model.pair_logits(frames, mask, torch.randn_like(frames), mask)
-    # [CLS] a [SEP] a [END] is not symmetric (the tokens differ), so not exactly the max.
     assert float(same) > float(other)
-    assert float(same) <= float(model.score_scale + model.score_bias) + 1e-5
     with pytest.raises(ValueError, match=r"paired.head must be one of"):
         build_model(
             {
