@@ -7,7 +7,7 @@ scored chunk by chunk, so memory stays O(chunk x dim) whatever the number of tri
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 
 DEFAULT_CHUNK = 2_048
+NORMALISE_CHUNK = 8_192
 
 
 def _lookup(index: pd.Index, column: pd.Series) -> np.ndarray:
@@ -91,25 +92,52 @@ def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _unit_rows(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unit_rows(out: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``out [n, dim]`` scaled to unit length, and the indices of rows holding NaN
     or inf (found from the norms, without a pass of its own).
 
-    A finite row whose squares overflow float32 (values ~1e20) gets a float64 norm, so it
-    keeps its direction instead of collapsing to zero.
+    Blocks of rows are normalised while they are in cache, on ``threads`` threads (0: one
+    per core). A finite row whose squares overflow float32 (values ~1e20) gets a float64
+    norm, so it keeps its direction instead of collapsing to zero.
     """
-    # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    norms = np.empty(len(out), dtype=np.float32)
+    unit = np.empty(out.shape, dtype=np.float32)
+
+    def normalise_block(start: int, stop: int) -> None:
+        block = out[start:stop]
+        # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
+        block_norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        norms[start:stop] = block_norms
+        with np.errstate(invalid="ignore"):  # inf / inf in rows the caller is told about
+            np.divide(block, np.maximum(block_norms, 1e-12)[:, None], out=unit[start:stop])
+
+    _in_row_blocks(len(out), NORMALISE_CHUNK, normalise_block, threads)
     suspect = np.flatnonzero(~np.isfinite(norms))
-    non_finite = suspect[:0]
-    if suspect.size:
-        finite = np.isfinite(out[suspect]).all(axis=1)
-        non_finite = suspect[~finite]
-        wide = out[suspect[finite]].astype(np.float64)
-        norms[suspect[finite]] = np.sqrt(np.einsum("ij,ij->i", wide, wide))
-    with np.errstate(invalid="ignore"):  # inf / inf in rows the caller is told about
-        unit = out / np.maximum(norms, 1e-12)[:, None]
-    return np.ascontiguousarray(unit, dtype=np.float32), non_finite
+    if not suspect.size:
+        return unit, suspect
+    finite = np.isfinite(out[suspect]).all(axis=1)
+    wide = out[suspect[finite]].astype(np.float64)
+    wide_norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    unit[suspect[finite]] = wide / np.maximum(wide_norms, 1e-12)[:, None]
+    return unit, suspect[~finite]
+
+
+def _in_row_blocks(
+    n_rows: int, block: int, work: Callable[[int, int], None], threads: int = 0
+) -> None:
+    """Call ``work(start, stop)`` for consecutive row blocks, on ``threads`` threads.
+
+    The blocks write disjoint rows, and NumPy releases the GIL in the array kernels, so
+    the threads run in parallel (0: one per core).
+    """
+    starts = range(0, n_rows, block)
+    workers = threads or os.cpu_count() or 1
+    if workers == 1 or len(starts) <= 1:
+        for start in starts:
+            work(start, min(start + block, n_rows))
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda start: work(start, min(start + block, n_rows)), starts))
 
 
 def paired_dot(
@@ -122,26 +150,17 @@ def paired_dot(
 ) -> np.ndarray:
     """``sum(left[left_rows[i]] * right[right_rows[i]])`` for each i (``[n]`` float64).
 
-    Gathering rows is memory-bound: small chunks keep the gathered blocks in cache, and
-    NumPy releases the GIL in ``take``/``einsum``, so chunks run on ``threads`` threads
-    (0: one per core).
+    Gathering rows is memory-bound: small chunks keep the gathered blocks in cache, and the
+    chunks run on ``threads`` threads (0: one per core).
     """
     scores = np.empty(len(left_rows), dtype=np.float64)
 
-    def score_chunk(start: int) -> None:
-        stop = start + chunk
+    def score_block(start: int, stop: int) -> None:
         a = np.take(left, left_rows[start:stop], axis=0)
         b = np.take(right, right_rows[start:stop], axis=0)
         scores[start:stop] = np.einsum("ij,ij->i", a, b)
 
-    starts = range(0, len(left_rows), chunk)
-    workers = threads or os.cpu_count() or 1
-    if workers == 1 or len(starts) == 1:
-        for start in starts:
-            score_chunk(start)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(score_chunk, starts))
+    _in_row_blocks(len(left_rows), chunk, score_block, threads)
     return scores
 
 
