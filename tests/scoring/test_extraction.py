@@ -9,7 +9,7 @@ import torch
 
 from sv_kedro.audio.io import write_audio
 from sv_kedro.models.factory import build_model
-from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
+from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings, model_fingerprint
 
 
 @pytest.fixture
@@ -88,3 +88,17 @@ def test_interrupted_extraction_resumes_without_recomputing(manifest, model, tmp
 def test_empty_manifest_is_an_error(model):
     with pytest.raises(ValueError, match="empty"):
         extract_embeddings(model, pd.DataFrame(columns=["utt_id", "path", "duration"]))
+
+
+def test_cache_fingerprint_sees_a_change_anywhere_in_the_weights(manifest):
+    """Two weights swapped deep inside a tensor keep its sum and first bytes, and must
+    still give another cache folder: resuming must not reuse another model's vectors."""
+    config = ExtractionConfig(n_crops=0, device="cpu")
+    bf16 = torch.nn.Linear(64, 64).to(torch.bfloat16)  # a dtype NumPy cannot hold
+    first = model_fingerprint(bf16, manifest, config)
+    assert first == model_fingerprint(bf16, manifest, config)
+    weight = bf16.weight.data.view(-1)
+    assert weight[-1] != weight[-2]
+    with torch.no_grad():
+        weight[-1], weight[-2] = weight[-2].clone(), weight[-1].clone()
+    assert model_fingerprint(bf16, manifest, config) != first

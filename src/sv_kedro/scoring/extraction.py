@@ -67,12 +67,16 @@ def _device(name: str) -> torch.device:
 
 
 def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: ExtractionConfig) -> str:
-    """A digest of the weights, the utterance list and the extraction settings."""
+    """A digest of every byte of the weights, the utterance list and the extraction settings.
+
+    All bytes, not a sample of them: a resumed extraction must never reuse embeddings of a
+    model that differs anywhere (hashing costs ~1 s per GB of weights).
+    """
     digest = hashlib.sha1()
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).numpy().tobytes()[:4096])
-        digest.update(str(float(tensor.detach().float().sum())).encode())
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy())
     digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
     digest.update(json.dumps(asdict(config), sort_keys=True).encode())
     return digest.hexdigest()[:16]
