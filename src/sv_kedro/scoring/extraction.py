@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sv_kedro.scoring.embedding_table import EmbeddingTable
+from sv_kedro.systems.fingerprint import state_digest
 from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
 from sv_kedro.utils.atomic import atomic_write_path
 
@@ -73,10 +74,7 @@ def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: Extracti
     model that differs anywhere (hashing costs ~1 s per GB of weights).
     """
     digest = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(flat.view(torch.uint8).numpy())
+    state_digest(model.state_dict(), digest)
     digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
     digest.update(json.dumps(asdict(config), sort_keys=True).encode())
     return digest.hexdigest()[:16]
