@@ -199,10 +199,10 @@ def main() -> None:
         "--seed", type=int, nargs="+", default=[0], help="speaker splits; several: pooled ratio"
     )
     parser.add_argument("--test-speakers", type=int, default=25)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dino-epochs", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--lmft-epochs", type=int, default=3)
+    parser.add_argument("--lmft-epochs", type=int, default=5)  # the paper: 5
     parser.add_argument("--k1", type=int, default=300)
     parser.add_argument("--k2", type=int, default=120)
     parser.add_argument("--threads", type=int, default=None)
