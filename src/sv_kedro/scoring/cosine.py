@@ -92,13 +92,13 @@ def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _unit_rows(out: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _unit_rows(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``out [n, dim]`` scaled to unit length, and the indices of rows holding NaN
     or inf (found from the norms, without a pass of its own).
 
-    Blocks of rows are normalised while they are in cache, on ``threads`` threads (0: one
-    per core). A finite row whose squares overflow float32 (values ~1e20) gets a float64
-    norm, so it keeps its direction instead of collapsing to zero.
+    Blocks of rows are normalised while they are in cache, one thread per core. A finite
+    row whose squares overflow float32 (values ~1e20) gets a float64 norm, so it keeps its
+    direction instead of collapsing to zero.
     """
     norms = np.empty(len(out), dtype=np.float32)
     unit = np.empty(out.shape, dtype=np.float32)
@@ -111,7 +111,7 @@ def _unit_rows(out: np.ndarray, threads: int = 0) -> tuple[np.ndarray, np.ndarra
         with np.errstate(invalid="ignore"):  # inf / inf in rows the caller is told about
             np.divide(block, np.maximum(block_norms, 1e-12)[:, None], out=unit[start:stop])
 
-    _in_row_blocks(len(out), NORMALISE_CHUNK, normalise_block, threads)
+    _in_row_blocks(len(out), NORMALISE_CHUNK, normalise_block)
     suspect = np.flatnonzero(~np.isfinite(norms))
     if not suspect.size:
         return unit, suspect
