@@ -244,7 +244,7 @@ def main() -> None:
             "ssl_eer_mean": float(np.mean(ssl)),
             "supervised_eer_mean": float(np.mean(supervised)),
             "eer_ratio_of_means": float(np.mean(ssl) / np.mean(supervised)),
-            "eer_ratio_per_split": [a / b for a, b in zip(ssl, supervised, strict=True)],
+            "eer_ratio_per_split": [r["eer_ratio"] for r in reports],
             "goal_met": bool(np.mean(ssl) <= 1.3 * np.mean(supervised)),
         }
         print(json.dumps(summary["pooled"], indent=2))
