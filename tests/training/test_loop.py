@@ -190,6 +190,23 @@ def test_non_finite_loss_is_reported(tmp_path):
         train(make_model(), NanTask(), factory, config(), tmp_path)
 
 
+def test_rows_log_the_logged_loss_when_a_task_gives_one(tmp_path):
+    class NormalisedTask(ClassificationTask):
+        """Back-propagates ``L / sg(L)`` (value always 1), logs ``L`` itself."""
+
+        def compute_loss(self, model, batch, state):
+            output = super().compute_loss(model, batch, state)
+            output.logged_loss = output.loss.detach()
+            output.loss = output.loss / output.loss.detach()
+            return output
+
+    factory = ShuffledLoaderFactory(make_dataset(), batch_size=8)
+    result = train(make_model(), NormalisedTask(), factory, config(), tmp_path)
+    losses = result.metrics[result.metrics["kind"] == "train"]["loss"]
+    assert losses.gt(1.05).all(), list(losses)  # 4-class CE starts near log 4 = 1.39
+    assert losses.nunique() == len(losses)
+
+
 def test_config_round_trip_and_bad_keys():
     cfg = config(precision="bf16", grad_clip=1.0)
     again = TrainConfig.from_dict(copy.deepcopy(cfg.to_dict()))

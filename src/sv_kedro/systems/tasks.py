@@ -117,6 +117,7 @@ class SpeakerClassificationTask:
                 model, batch, output.logits, labels, result, state
             )
         extra: dict[str, Any] = {}
+        task_loss = loss.detach()
         regularizer = self._regularizer(state)
         if regularizer is not None:
             loss = regularizer.combine(loss, self.l2sp_weight)
@@ -124,7 +125,9 @@ class SpeakerClassificationTask:
         if self.gate is not None:
             extra["gate_threshold"] = self.gate.threshold
             extra["gate_kept"] = self.gate.kept_fraction
-        return StepOutput(loss, result.per_sample.detach(), n_correct, len(labels), extra)
+        return StepOutput(
+            loss, result.per_sample.detach(), n_correct, len(labels), extra, logged_loss=task_loss
+        )
 
     def _gated(self, model, batch, logits, labels, result, state):
         if self.gate is None or self.schedule is None:

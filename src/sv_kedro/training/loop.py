@@ -313,7 +313,8 @@ class _Trainer:
                 per_sample,
             )
         )
-        self.window.add(output.loss, output.n_correct, output.n_samples, output.extra)
+        logged = output.loss if output.logged_loss is None else output.logged_loss
+        self.window.add(logged, output.n_correct, output.n_samples, output.extra)
 
     # ------------------------------------------------------------------ epoch boundaries
     def _end_epoch(self) -> None:

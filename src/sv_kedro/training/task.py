@@ -30,6 +30,8 @@ class StepOutput:
         extra: scalars worth logging (tensors or numbers); averaged over a log window.
         sample_indices: ``[batch]`` dataset indices of the samples; ``None`` makes the
             loop use ``batch["indices"]`` when the batch is a mapping, else ``-1``.
+        logged_loss: scalar logged as the row's ``loss`` when ``loss`` is not worth reading
+            (L2-SP's normalised combination is always ``1 + λ``); ``None`` logs ``loss``.
     """
 
     loss: Tensor
@@ -38,6 +40,7 @@ class StepOutput:
     n_samples: int
     extra: dict[str, Any] = field(default_factory=dict)
     sample_indices: Tensor | None = None
+    logged_loss: Tensor | None = None
 
 
 @dataclass
