@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
+from sv_kedro.clustering.agglomerative import agglomerate_centroids
 from sv_kedro.clustering.kmeans import ClusteringInputError
 from sv_kedro.clustering.pseudo_labels import (
     PSEUDO_LABEL_COLUMNS,
@@ -50,6 +51,18 @@ def test_two_level_kmeans_and_weighted_ahc_also_recover_speakers() -> None:
         vectors, 200, 40, assignment="two_level", weight_by_size=True, linkage="average"
     )
     assert result.kmeans_method == "two_level"
+    assert normalized_mutual_info_score(speaker, result.labels) > 0.95
+
+
+def test_k1_equal_to_n_clusters_the_vectors_themselves() -> None:
+    vectors, speaker = speakers_with_sessions(20, 400, seed=2)
+    result = cluster_pseudo_labels(vectors, k1=len(vectors), k2=20, seed=0)
+    assert result.kmeans_method == "none (k1 = n)"
+    np.testing.assert_array_equal(result.kmeans_labels, np.arange(len(vectors)))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.testing.assert_allclose(result.centroids, unit, atol=1e-6)
+    direct = agglomerate_centroids(unit, 20, seed=0)
+    np.testing.assert_array_equal(result.labels, direct)
     assert normalized_mutual_info_score(speaker, result.labels) > 0.95
 
 

@@ -130,6 +130,22 @@ def test_training_input_never_holds_true_speakers() -> None:
         pseudo_labeled_manifest(manifest, labels.iloc[:1])
 
 
+def test_null_k1_clusters_every_utterance_without_kmeans() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    speaker = np.repeat(np.arange(4), 6)
+    vectors = (centres[speaker] + 0.05 * rng.normal(size=(24, 16))).astype(np.float32)
+    utts = [f"u{i:02d}" for i in range(24)]
+    manifest = pd.DataFrame({"utt_id": utts, "speaker": [f"s{k}" for k in speaker]})
+    clustering = {"k1": None, "k2": 4, "seed": 0}
+    table, health, _ = ssl_nodes.cluster_training_embeddings(
+        EmbeddingTable(utts, vectors), manifest, clustering
+    )
+    assert health["k1"] == 24.0
+    assert table["kmeans_label"].tolist() == list(range(24))
+    assert health["nmi"] == pytest.approx(1.0)
+
+
 def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -> None:
     manifest = pd.DataFrame({"utt_id": ["a"], "speaker": ["s1"], "path": ["/a"]})
     labels = pd.DataFrame({"utt_id": ["a"], "speaker_index": [0]})

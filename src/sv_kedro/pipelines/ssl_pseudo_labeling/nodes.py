@@ -180,7 +180,8 @@ def cluster_training_embeddings(
     """
     vectors = validate_embeddings(embeddings, train_manifest, "embeddings").vectors
     options = {k: v for k, v in clustering.items() if k in CLUSTER_OPTIONS}
-    k1 = min(int(clustering["k1"]), len(vectors))
+    # k1: null clusters the utterances themselves (no k-means step; small sets only).
+    k1 = len(vectors) if clustering["k1"] is None else min(int(clustering["k1"]), len(vectors))
     k2 = min(int(clustering["k2"]), k1)
     result = cluster_pseudo_labels(vectors, k1, k2, **options)
     table = pseudo_label_frame(train_manifest["utt_id"].astype(str), result)
