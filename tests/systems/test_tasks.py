@@ -41,7 +41,7 @@ def test_l2sp_run_logs_the_task_loss_not_the_constant_combination() -> None:
     output = task.compute_loss(model, batch, state)
 
     # The normalised L2-SP combination is 1 + λ whatever the task loss is ...
-    assert math.isclose(float(output.loss), 1.1, rel_tol=1e-6)
+    assert math.isclose(float(output.loss.detach()), 1.1, rel_tol=1e-6)
     # ... so the logged value is the AAM loss itself, which matches its per-sample mean.
     assert output.logged_loss is not None
     assert float(output.logged_loss) > 1.5
@@ -56,4 +56,4 @@ def test_without_l2sp_the_logged_loss_is_the_loss() -> None:
     task = SpeakerClassificationTask({"name": "aam", "margin": 0.2, "scale": 30.0})
     output = task.compute_loss(model, _batch(), TrainState(model=model))
     assert output.logged_loss is not None
-    assert float(output.logged_loss) == float(output.loss)
+    assert float(output.logged_loss) == float(output.loss.detach())
