@@ -153,13 +153,18 @@ def run_split(
         report["stages"].append(row)
         print(json.dumps(row), flush=True)
 
+    def pseudo_labels(embeddings: Any) -> tuple[pd.DataFrame, dict]:
+        """Cluster; with ``--oracle-labels`` train on the true speakers (NMI still reported)."""
+        labels, health, _ = nodes.cluster_training_embeddings(
+            embeddings, train, params["clustering"]
+        )
+        return (with_true_labels(labels, train) if args.oracle_labels else labels), health
+
     clock = time.perf_counter()
     previous, _ = nodes.train_dino_encoder(train, params["dino"], run)
     dino = previous
     embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
-    labels, health, _ = nodes.cluster_training_embeddings(embeddings, train, params["clustering"])
-    if args.oracle_labels:
-        labels = with_true_labels(labels, train)
+    labels, health = pseudo_labels(embeddings)
     record("initial (DINO)", previous, health, time.perf_counter() - clock)
     stages = [f"iter_{i}" for i in range(1, args.rounds + 1)] + ["lmft"]
     for stage in stages:
@@ -173,11 +178,7 @@ def run_split(
                 labels, embeddings, train, previous, params["finetune"], run, stage, dino
             )
         embeddings = nodes.embed_training_utterances(previous, train, params["extraction"], run)
-        labels, health, _ = nodes.cluster_training_embeddings(
-            embeddings, train, params["clustering"]
-        )
-        if args.oracle_labels:
-            labels = with_true_labels(labels, train)
+        labels, health = pseudo_labels(embeddings)
         record(stage, previous, health, time.perf_counter() - clock)
     ssl_seconds = time.perf_counter() - started
 
