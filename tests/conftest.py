@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,52 @@ TINY_ECAPA = {
     },
 }
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, split the cores between the workers instead of oversubscribing.
+
+    Each worker (and every kedro process or notebook kernel it starts) gets
+    ``cpu_count // workers`` intra-op threads: two workers on two cores that each spin two
+    OpenMP threads run several times slower than one thread each.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return
+    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# Tests that read the one tiny tracked run of tests/tiny_run.py (it is built once per process).
+TINY_RUN_READERS = (
+    "tests/notebooks/test_notebooks.py::test_explore_run",
+    "tests/tracking/",
+    "tests/viz/",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadscope`` (pyproject's addopts) by module, with the tiny run's readers as one.
+
+    Each module then runs on one worker, so its module-scoped fixtures (a Kedro run of a
+    whole pipeline) run once, and the tiny run is built once. xdist's own ``loadgroup``
+    cannot express this under pytest 9: its ``xdist_group`` marks no longer change node ids.
+    """
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(TINY_RUN_READERS):
+                return "tiny_run"
+            return nodeid.split("::", 1)[0]
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
