@@ -17,6 +17,15 @@ Prints NMI per stage, EER/minDCF on the 25 unseen speakers, and the ratio to the
 of 25 test speakers, so several seeds (each in ``<work-dir>/seed<N>``) also print the
 ratio of the mean EERs over the splits.
 
+``--pool shared`` is the supervised benchmark's own setting: the split of
+``benchmarks/bench_real_speech_ecapa.py --seed N`` (the same 25 test speakers) and its
+training pool, the other 100 speechocean762 speakers plus LibriSpeech (251 speakers, one
+utterance each) and Arabic Speech Commands (30 speakers), all unlabeled here. Compare with
+that benchmark's cosine EER through ``--supervised-eer``:
+
+    python benchmarks/bench_real_speech_ssl.py --pool shared --k2 450 --dino-epochs 4 \
+        --epochs 6 --lmft-epochs 4 --supervised-eer 0.0641
+
 ``--oracle-labels`` is a diagnostic, not the self-supervised result: every round and LMFT
 train on the true speaker labels instead of the clusters (the clustering still runs, for the
 NMI report). Against the normal run it splits the gap to supervised into what the
@@ -39,6 +48,7 @@ import yaml
 
 from sv_kedro.api import model_from_checkpoint
 from sv_kedro.audio.io import audio_info
+from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
 from sv_kedro.scoring.cosine import cosine_scores
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
@@ -78,6 +88,25 @@ def split(manifest: pd.DataFrame, n_test: int, seed: int) -> tuple[pd.DataFrame,
     codes = {s: i for i, s in enumerate(sorted(train["speaker"].unique()))}
     train["speaker_index"] = train["speaker"].map(codes).astype(np.int64)
     return train, manifest[is_test].reset_index(drop=True)
+
+
+def shared_pool_split(corpus: Path, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``bench_real_speech_ecapa.py``'s split and training pool (see ``--pool shared``)."""
+    from bench_real_speech_ecapa import split_speakers  # benchmarks/ is the script's folder
+
+    speechocean = scan_folder_roots([corpus], progress=False)
+    train_speakers, test_speakers = split_speakers(speechocean, n_test, seed)
+    extra = scan_folder_roots(
+        [corpus.parent / "librispeech_cohort", corpus.parent / "arabic_speech_commands"],
+        progress=False,
+    )
+    train = pd.concat(
+        [speechocean[speechocean["speaker"].isin(train_speakers)], extra], ignore_index=True
+    )
+    codes = {s: i for i, s in enumerate(sorted(train["speaker"].unique()))}
+    train["speaker_index"] = train["speaker"].map(codes).astype(np.int64)
+    test = speechocean[speechocean["speaker"].isin(test_speakers)].reset_index(drop=True)
+    return train, test
 
 
 def all_pairs(test: pd.DataFrame) -> pd.DataFrame:
@@ -131,12 +160,16 @@ def run_split(
 ) -> dict[str, Any]:
     """DINO -> rounds -> LMFT on one seeded speaker split, then the supervised baseline."""
     started = time.perf_counter()
-    train, test = split(build_manifest(args.corpus), args.test_speakers, seed)
+    if args.pool == "shared":
+        train, test = shared_pool_split(args.corpus, args.test_speakers, seed)
+    else:
+        train, test = split(build_manifest(args.corpus), args.test_speakers, seed)
     trials = all_pairs(test)
     params = parameters(args, work_dir)
     run = params["run"]
     report: dict[str, Any] = {
         "seed": seed,
+        "pool": args.pool,
         "oracle_labels": bool(args.oracle_labels),
         "train_speakers": int(train["speaker"].nunique()),
         "train_utterances": len(train),
@@ -220,6 +253,13 @@ def main() -> None:
         "--seed", type=int, nargs="+", default=[0], help="speaker splits; several: pooled ratio"
     )
     parser.add_argument("--test-speakers", type=int, default=25)
+    parser.add_argument(
+        "--pool",
+        choices=["speechocean", "shared"],
+        default="speechocean",
+        help="training audio: the other 100 speechocean762 speakers, or the supervised "
+        "benchmark's split and pool (plus LibriSpeech and Arabic Speech Commands)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dino-epochs", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=8)
