@@ -43,14 +43,6 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(threads)
 
 
-# Tests that read the one tiny tracked run of tests/tiny_run.py (it is built once per process).
-TINY_RUN_READERS = (
-    "tests/notebooks/test_notebooks.py::test_explore_run",
-    "tests/tracking/",
-    "tests/viz/",
-)
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadscope`` (pyproject's addopts) by module, with the tiny run's readers as one.
@@ -61,6 +53,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
     """
     if config.getvalue("dist") != "loadscope":
         return None
+    from tiny_run import TINY_RUN_READERS
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):

@@ -1,8 +1,9 @@
 """The pytest-xdist grouping in ``conftest.py`` covers every reader of the shared tiny run.
 
 A test module that reads ``tiny_run.finished_run`` / ``built_site`` but is missing from
-``TINY_RUN_READERS`` lands in a group of its own, on whichever worker is free, and builds the
-whole tiny run a second time there: the suite still passes, only slower. This test names it.
+``tiny_run.TINY_RUN_READERS`` lands in a group of its own, on whichever worker is free,
+and builds the whole tiny run a second time there: the suite still passes, only slower.
+This test names it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import TINY_RUN_READERS
+from tiny_run import TINY_RUN_READERS
 
 TESTS = Path(__file__).parent
 SHARED_RUN = {"finished_run", "built_site"}
@@ -40,4 +41,4 @@ def test_every_reader_of_the_tiny_run_is_in_its_group() -> None:
                 if SHARED_RUN & _names_used(node) and not nodeid.startswith(TINY_RUN_READERS):
                     uncovered.append(nodeid)
     assert readers >= 4  # notebooks, tracking, viz build, browser
-    assert not uncovered, f"add these to conftest.TINY_RUN_READERS: {uncovered}"
+    assert not uncovered, f"add these to tiny_run.TINY_RUN_READERS: {uncovered}"

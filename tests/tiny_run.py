@@ -81,6 +81,14 @@ TINY_PARAMS.update(
     }
 )
 
+# Tests that read the run (conftest.py keeps them on one pytest-xdist worker, so it is built
+# once); tests/test_conftest.py checks that the list is complete.
+TINY_RUN_READERS = (
+    "tests/notebooks/test_notebooks.py::test_explore_run",
+    "tests/tracking/",
+    "tests/viz/",
+)
+
 # Environment of every kedro process the tests start: offline, no telemetry.
 OFFLINE_ENV = {
     "KEDRO_DISABLE_TELEMETRY": "true",
