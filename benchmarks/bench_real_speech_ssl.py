@@ -50,7 +50,6 @@ import torch
 import yaml
 
 from sv_kedro.api import model_from_checkpoint
-from sv_kedro.audio.io import audio_info
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
 from sv_kedro.scoring.cosine import cosine_scores
@@ -61,26 +60,6 @@ from sv_kedro.systems.runner import train_speaker_system
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "speechocean762_train"
 BASE_PARAMS = ROOT / "conf" / "base" / "parameters_ssl_pseudo_labeling.yml"
-
-
-def build_manifest(root: Path) -> pd.DataFrame:
-    """One row per ``<speaker>/<utt>.flac`` (header reads only)."""
-    rows = []
-    for path in sorted(root.glob("*/*.flac")):
-        info = audio_info(path)
-        rows.append(
-            {
-                "utt_id": f"{path.parent.name}/{path.name}",
-                "speaker": path.parent.name,
-                "path": str(path),
-                "duration": info.duration,
-                "num_frames": info.frames,
-                "sample_rate": info.sample_rate,
-                "channels": info.channels,
-                "source": "speechocean762",
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def split(manifest: pd.DataFrame, n_test: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -166,7 +145,9 @@ def run_split(
     if args.pool == "shared":
         train, test = shared_pool_split(args.corpus, args.test_speakers, seed)
     else:
-        train, test = split(build_manifest(args.corpus), args.test_speakers, seed)
+        train, test = split(
+            scan_folder_roots([args.corpus], progress=False), args.test_speakers, seed
+        )
     trials = all_pairs(test)
     params = parameters(args, work_dir)
     run = params["run"]
