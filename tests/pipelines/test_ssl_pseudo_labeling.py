@@ -144,6 +144,10 @@ def test_null_k1_clusters_every_utterance_without_kmeans() -> None:
     assert health["k1"] == 24.0
     assert table["kmeans_label"].tolist() == list(range(24))
     assert health["nmi"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['whitten'\]"):
+        ssl_nodes.cluster_training_embeddings(
+            EmbeddingTable(utts, vectors), manifest, {**clustering, "whitten": True}
+        )
 
 
 def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ CLUSTER_OPTIONS = (
     "weight_by_size",
     "knn",
     "threads",
+    "whiten",
 )
 
 
@@ -178,6 +179,11 @@ def cluster_training_embeddings(
     The table (``utt_id, pseudo_label, kmeans_label, speaker_index``) follows the manifest's
     row order. The true ``speaker`` column is read here for the report only (NMI, purity).
     """
+    unknown = sorted(set(clustering) - {"k1", "k2", *CLUSTER_OPTIONS})
+    if unknown:
+        raise ValueError(
+            f"clustering: unknown key(s) {unknown}; allowed: k1, k2, {', '.join(CLUSTER_OPTIONS)}"
+        )
     vectors = validate_embeddings(embeddings, train_manifest, "embeddings").vectors
     options = {k: v for k, v in clustering.items() if k in CLUSTER_OPTIONS}
     # k1: null clusters the utterances themselves (no k-means step; small sets only).
