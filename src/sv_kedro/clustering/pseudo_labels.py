@@ -75,9 +75,12 @@ def cluster_pseudo_labels(
     ``whiten`` centres and PCA-whitens the (L2-normalised, when spherical) vectors before
     both stages (``whitening.whiten_vectors``); ``k2_centroids`` are then in that space.
     """
+    started = time.perf_counter()
     x = prepare_vectors(vectors, spherical=spherical)
+    timings = {}
     if whiten:
         x = prepare_vectors(whiten_vectors(x), spherical=spherical)
+        timings["whiten_s"] = time.perf_counter() - started
     check_cluster_count(k1, x.shape[0], "k1")
     check_cluster_count(k2, k1, "k2")
     started = time.perf_counter()
@@ -116,7 +119,7 @@ def cluster_pseudo_labels(
         kmeans_labels=km.assignments,
         centroids=centroids.astype(np.float32, copy=False),
         k2_centroids=cluster_means(x, labels, k2),
-        timings={"kmeans_s": kmeans_done - started, "ahc_s": ahc_done - kmeans_done},
+        timings={**timings, "kmeans_s": kmeans_done - started, "ahc_s": ahc_done - kmeans_done},
         kmeans_inertia=km.inertia,
         kmeans_method=km.method,
     )
