@@ -1,1 +1,1 @@
-"""Clustering: k-means (faiss), agglomerative clustering of centroids, NMI and purity."""
+"""Clustering: PCA whitening, k-means (faiss), agglomerative clustering, NMI and purity."""
