@@ -40,9 +40,8 @@ import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
 from sv_kedro.clustering.health import cluster_health
-from sv_kedro.clustering.kmeans import faiss_threads, prepare_vectors
-from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels
-from sv_kedro.clustering.whitening import whiten_vectors
+from sv_kedro.clustering.kmeans import faiss_threads
+from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels, clustering_vectors
 
 VOXCELEB2_UTTERANCES = 1_092_009
 VOXCELEB2_SPEAKERS = 5_994
@@ -142,9 +141,9 @@ def run_voxceleb2(args: argparse.Namespace) -> dict[str, float]:
     }
     print(f"generated {vectors.shape} in {out['generate_s']:.1f} s", file=sys.stderr, flush=True)
     if args.whiten:
-        # What clustering.whiten does inside cluster_pseudo_labels, done here so that the
-        # k-means check below compares centroids with the vectors k-means actually saw.
-        vectors = prepare_vectors(whiten_vectors(prepare_vectors(vectors, True)), True)
+        # Done here rather than by cluster_pseudo_labels(whiten=True), so that the k-means
+        # check below compares centroids with the vectors k-means actually saw.
+        vectors = clustering_vectors(vectors, spherical=True, whiten=True)
     whitened = time.perf_counter()
     result = cluster_pseudo_labels(
         vectors, args.k1, args.k2, seed=0, threads=args.threads, n_iter=args.n_iter

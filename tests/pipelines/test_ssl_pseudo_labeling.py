@@ -144,10 +144,20 @@ def test_null_k1_clusters_every_utterance_without_kmeans() -> None:
     assert health["k1"] == 24.0
     assert table["kmeans_label"].tolist() == list(range(24))
     assert health["nmi"] == pytest.approx(1.0)
+
+
+def test_unknown_clustering_key_is_named_before_clustering() -> None:
+    utts = ["a", "b", "c"]
+    vectors = np.eye(3, dtype=np.float32)
+    manifest = pd.DataFrame({"utt_id": utts, "speaker": ["s0", "s0", "s1"]})
+    clustering = {"k1": None, "k2": 2, "whiten": True, "whitten": True}
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['whitten'\]"):
-        ssl_nodes.cluster_training_embeddings(
-            EmbeddingTable(utts, vectors), manifest, {**clustering, "whitten": True}
-        )
+        ssl_nodes.cluster_training_embeddings(EmbeddingTable(utts, vectors), manifest, clustering)
+    del clustering["whitten"]
+    table, _, _ = ssl_nodes.cluster_training_embeddings(
+        EmbeddingTable(utts, vectors), manifest, clustering
+    )
+    assert table["pseudo_label"].nunique() == 2
 
 
 def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -> None:

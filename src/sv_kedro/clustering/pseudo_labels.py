@@ -76,11 +76,8 @@ def cluster_pseudo_labels(
     both stages (``whitening.whiten_vectors``); ``k2_centroids`` are then in that space.
     """
     started = time.perf_counter()
-    x = prepare_vectors(vectors, spherical=spherical)
-    timings = {}
-    if whiten:
-        x = prepare_vectors(whiten_vectors(x), spherical=spherical)
-        timings["whiten_s"] = time.perf_counter() - started
+    x = clustering_vectors(vectors, spherical=spherical, whiten=whiten)
+    timings = {"whiten_s": time.perf_counter() - started} if whiten else {}
     check_cluster_count(k1, x.shape[0], "k1")
     check_cluster_count(k2, k1, "k2")
     started = time.perf_counter()
@@ -123,6 +120,13 @@ def cluster_pseudo_labels(
         kmeans_inertia=km.inertia,
         kmeans_method=km.method,
     )
+
+
+def clustering_vectors(vectors: np.ndarray, spherical: bool, whiten: bool) -> np.ndarray:
+    """The ``[n, r]`` float32 vectors both clustering stages see: validated, L2-normalised
+    when ``spherical``, and with ``whiten`` centred and PCA-whitened (then normalised again)."""
+    x = prepare_vectors(vectors, spherical=spherical)
+    return prepare_vectors(whiten_vectors(x), spherical=spherical) if whiten else x
 
 
 def cluster_means(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -51,7 +51,7 @@ def whiten_vectors(vectors: np.ndarray, rank_tol: float = 1e-6) -> np.ndarray:
     # Largest variance first, as PCA lists them.
     order = np.flatnonzero(keep)[::-1]
     projection = (directions[:, order] / np.sqrt(variances[order])).astype(np.float32)
-    shift = (mean.astype(np.float32) @ projection).astype(np.float32)
+    shift = centre @ projection
     out = np.empty((n, order.size), dtype=np.float32)
     for start in range(0, n, _CHUNK):
         block = np.asarray(x[start : start + _CHUNK], dtype=np.float32)
