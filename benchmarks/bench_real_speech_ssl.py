@@ -175,6 +175,11 @@ def run_split(
         report["stages"].append(row)
         print(json.dumps(row), flush=True)
 
+    # DINO learns from every clip; pseudo-labels and rounds may skip clips too short to
+    # cluster (a duration rule: no labels read).
+    rounds_train = train[train["duration"] >= args.round_min_seconds].reset_index(drop=True)
+    report["round_utterances"] = len(rounds_train)
+
     def pseudo_labels(embeddings: Any) -> tuple[pd.DataFrame, dict]:
         """Cluster; with ``--oracle-labels`` train on the true speakers (NMI still reported)."""
         labels, health, _ = nodes.cluster_training_embeddings(
@@ -182,10 +187,6 @@ def run_split(
         )
         return (with_true_labels(labels, rounds_train) if args.oracle_labels else labels), health
 
-    # DINO learns from every clip; pseudo-labels and rounds may skip clips too short to
-    # cluster (a duration rule: no labels read).
-    rounds_train = train[train["duration"] >= args.round_min_seconds].reset_index(drop=True)
-    report["round_utterances"] = len(rounds_train)
     clock = time.perf_counter()
     previous, _ = nodes.train_dino_encoder(train, params["dino"], run)
     dino = previous

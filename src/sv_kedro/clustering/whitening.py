@@ -3,9 +3,9 @@
 Self-supervised embeddings are anisotropic: a few directions (channel, corpus, loudness)
 carry much of the variance and dominate Euclidean and cosine distances, so clusters follow
 recording conditions as much as speakers. Centring and scaling every principal direction to
-unit variance gives each the same say. On the shared-data pool of
-``benchmarks/bench_real_speech_ssl.py --pool shared`` (2,451 utterances, AHC to 450) it lifts
-the NMI of the DINO embeddings from 0.695 to 0.751 and of the last round's from 0.769 to 0.779.
+unit variance gives each the same say. In ``benchmarks/bench_real_speech_ssl.py --pool
+shared`` (2,451 utterances, AHC to 450, seed 0) it lifts the NMI of the same DINO embeddings
+from 0.695 to 0.748, and the final EER goes from 10.58% to 7.24%.
 
 Directions whose variance is below ``rank_tol`` times the largest are dropped rather than
 blown up to unit variance: with fewer vectors than dimensions they hold only rounding noise.
