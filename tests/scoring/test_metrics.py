@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from sv_kedro.scoring.metrics import (
+    _sorted_with_labels,
     compute_eer,
     compute_min_dcf,
     error_rates,
@@ -36,11 +37,19 @@ def _cases():
     tied_scores = np.round(random_scores * 2) / 2  # ~15 distinct values
     separated = np.where(labels == 1, rng.uniform(2, 3, 5000), rng.uniform(-1, 1, 5000))
     few_levels = rng.integers(0, 3, 5000).astype(float) + labels  # massive ties
+    # float32 values widened to float64 (cosine scores): the label-in-the-low-bit sort;
+    # signed zeros and float32 subnormals included.
+    float32_scores = (random_scores / 4).astype(np.float32)
+    float32_scores[:40] = np.float32(0.0)
+    float32_scores[40:80] = np.float32(-0.0)
+    float32_scores[80:90] = np.float32(1e-42)
+    float32_scores[90:100] = np.float32(-1e-42)
     return {
         "random": (random_scores, labels),
         "tied": (tied_scores, labels),
         "separated": (separated, labels),
         "few_levels": (few_levels, labels),
+        "float32": (float32_scores.astype(np.float64), labels),
     }
 
 
@@ -91,3 +100,20 @@ def test_verification_metrics_reports_both_p_targets():
 def test_bad_input_is_named(scores, labels, message):
     with pytest.raises(ValueError, match=message):
         compute_eer(np.array(scores), np.array(labels))
+
+
+def test_low_bit_sort_keeps_every_tie_group_and_its_target_count():
+    """The fast sort (label carried in the lowest mantissa bit) against a stable argsort:
+    same sorted values, same number of targets within every group of equal scores."""
+    scores, labels = _cases()["float32"]
+    original = scores.copy()
+    assert not (scores.view(np.uint64) & np.uint64(1)).any()  # the fast path applies
+    sorted_scores, sorted_labels = _sorted_with_labels(scores, labels.astype(bool))
+    order = np.argsort(scores, kind="stable")
+    np.testing.assert_array_equal(sorted_scores, scores[order])
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    np.testing.assert_array_equal(
+        np.add.reduceat(sorted_labels.astype(int), starts),
+        np.add.reduceat(labels[order].astype(int), starts),
+    )
+    np.testing.assert_array_equal(scores, original)  # the caller's scores are untouched
