@@ -54,6 +54,35 @@ def test_cosine_scores_equal_direct_cosine_and_chunking_is_invisible():
     np.testing.assert_allclose(cosine_scores(table, trials, chunk=7), direct, atol=1e-6)
 
 
+def test_centred_and_unnormalised_scores_equal_direct_computations():
+    table, labels = speaker_data()
+    trials = all_trials(table, labels)
+    mean = table.vectors.mean(axis=0)
+    pairs = list(zip(trials.enrol, trials.test, strict=True))
+    centred = {k: table[k] - mean for k in table}
+    cosine = [
+        np.dot(centred[e], centred[t]) / np.linalg.norm(centred[e]) / np.linalg.norm(centred[t])
+        for e, t in pairs
+    ]
+    np.testing.assert_allclose(cosine_scores(table, trials, mean=mean), cosine, atol=1e-6)
+    dots = [np.dot(centred[e], centred[t]) for e, t in pairs]
+    np.testing.assert_allclose(
+        cosine_scores(table, trials, mean=mean, length_norm=False), dots, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_an_all_zero_embedding_scores_zero_not_nan():
+    table, _ = speaker_data()
+    vectors = table.vectors.copy()
+    vectors[3] = 0.0
+    zeros = EmbeddingTable(table.keys_, vectors)
+    keys = table.keys_
+    trials = pd.DataFrame(
+        {"label": [1, 0], "enrol": [keys[3], keys[0]], "test": [keys[1], keys[3]]}
+    )
+    np.testing.assert_array_equal(cosine_scores(zeros, trials), [0.0, 0.0])
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-categories", "own-categories"])
 def test_categorical_trials_resolve_to_the_same_rows_as_plain_strings(shared: bool):
     table, labels = speaker_data()

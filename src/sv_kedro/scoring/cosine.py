@@ -173,13 +173,14 @@ def cosine_scores(
 ) -> np.ndarray:
     """Cosine similarity per trial (``[n_trials]`` float64).
 
-    With ``length_norm`` the rows are unit vectors, so the dot product is the cosine;
-    ``mean`` centres the embeddings first. Only the utterances the trials use are
-    normalised, so a huge table with a small trial list stays cheap.
+    With ``length_norm`` each dot product is divided by the two rows' norms (the cosine);
+    without it, the plain dot product is the score. ``mean`` centres the embeddings first.
+    Only the utterances the trials use are touched, so a huge table with a small trial
+    list stays cheap.
     """
     enrol, test = trial_rows(table, trials)
     if len(table) <= 2 * len(enrol):
-        # Normalising every row is cheaper than finding the used ones.
+        # Taking every row's norm is cheaper than finding the used ones.
         rows = np.arange(len(table))
         vectors = np.asarray(table.vectors)
     else:
@@ -190,14 +191,38 @@ def cosine_scores(
         enrol, test = remap[enrol], remap[test]
     if mean is not None and not np.isfinite(mean).all():
         raise EmbeddingError("the centring mean contains NaN or inf")
+    centred = _centred(vectors, mean)
     if length_norm:
-        normed, non_finite = _unit_rows(_centred(vectors, mean))
+        norms = _row_norms(centred)
+        if np.isfinite(norms).all():
+            # Dot products of the raw rows divided by the two norms: the same cosine as
+            # normalising every row first (within float32 rounding, as the torch loop
+            # itself), without writing a normalised copy of the table.
+            dots = paired_dot(centred, centred, enrol, test, chunk=chunk).astype(np.float32)
+            np.maximum(norms, 1e-12, out=norms)
+            return (dots / (norms[enrol] * norms[test])).astype(np.float64)
+        # NaN/inf rows, or finite rows whose squares overflow float32: the normalising
+        # path names the former and rescues the latter.
+        normed, non_finite = _unit_rows(centred)
     else:
-        normed, non_finite = _centred(vectors, mean), _non_finite_rows(vectors)
+        normed, non_finite = centred, _non_finite_rows(vectors)
     if non_finite.size:
         names = [table.keys_[i] for i in rows[non_finite][:5]]
         raise EmbeddingError(f"{len(non_finite)} embedding(s) contain NaN or inf, e.g. {names}")
     return paired_dot(normed, normed, enrol, test, chunk=chunk)
+
+
+def _row_norms(vectors: np.ndarray) -> np.ndarray:
+    """L2 norm of each row of ``vectors [n, dim]`` (float32; inf where the squares overflow)."""
+    norms = np.empty(len(vectors), dtype=np.float32)
+
+    def norm_block(start: int, stop: int) -> None:
+        block = vectors[start:stop]
+        norms[start:stop] = np.sqrt(np.einsum("ij,ij->i", block, block))
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        _in_row_blocks(len(vectors), NORMALISE_CHUNK, norm_block)
+    return norms
 
 
 def _non_finite_rows(vectors: np.ndarray) -> np.ndarray:
