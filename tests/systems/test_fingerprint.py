@@ -35,3 +35,13 @@ def test_same_run_same_folder_anything_learned_from_changes_it() -> None:
     # Columns that do not change what is learned (durations) do not matter.
     longer = _manifest([0, 0, 1]).assign(duration=2.0)
     assert run_fingerprint(longer, settings, state) == base
+
+
+def test_weights_with_the_same_bytes_but_another_dtype_are_another_start() -> None:
+    settings = {"training": {"epochs": 1}}
+    half = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float16)
+    same_bytes = half.view(torch.bfloat16)
+    assert half.view(torch.uint8).equal(same_bytes.view(torch.uint8))
+    assert run_fingerprint(_manifest([0, 1, 1]), settings, {"w": half}) != run_fingerprint(
+        _manifest([0, 1, 1]), settings, {"w": same_bytes}
+    )

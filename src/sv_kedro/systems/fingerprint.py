@@ -21,11 +21,14 @@ MANIFEST_COLUMNS: tuple[str, ...] = ("utt_id", "speaker_index", "path")
 
 
 def state_digest(state: Mapping[str, torch.Tensor], digest: Any) -> None:
-    """Feed a model state dict into ``digest`` (names, shapes and every value)."""
+    """Feed a model state dict into ``digest`` (names, dtypes, shapes and every value).
+
+    The dtype counts: float16 and bfloat16 weights of one shape can share their bytes.
+    """
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         value = tensor.detach().cpu().contiguous()
-        digest.update(str(tuple(value.shape)).encode())
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
         digest.update(value.view(-1).view(torch.uint8).numpy().tobytes())
 
 
