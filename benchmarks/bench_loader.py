@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter, BabbleSource, NoiseBank
 from sv_kedro.audio.crops import CropSpec
-from sv_kedro.audio.io import audio_info
 from sv_kedro.audio.rir import RirBank
+from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.training.data import SpeakerDataset, collate_padded
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -42,26 +42,10 @@ RATE = 16000
 
 
 def build_manifest(data: Path) -> pd.DataFrame:
-    rows = []
-    for corpus in SPEECH_CORPORA:
-        for path in sorted((data / corpus).glob("*/*.flac")):
-            info = audio_info(path)
-            rows.append(
-                {
-                    "utt_id": f"{path.parent.name}/{path.name}",
-                    "speaker": path.parent.name,
-                    "path": str(path),
-                    "duration": info.duration,
-                    "num_frames": info.frames,
-                    "sample_rate": info.sample_rate,
-                    "channels": info.channels,
-                    "source": corpus,
-                }
-            )
-    manifest = pd.DataFrame(rows)
+    """The speech corpora as one manifest (the library's folder scan) with speaker indices."""
+    manifest = scan_folder_roots([data / corpus for corpus in SPEECH_CORPORA], progress=False)
     codes = {s: k for k, s in enumerate(sorted(manifest["speaker"].unique()))}
-    manifest["speaker_index"] = manifest["speaker"].map(codes)
-    return manifest
+    return manifest.assign(speaker_index=manifest["speaker"].map(codes))
 
 
 class OriginalRecipeDataset(Dataset):
