@@ -19,21 +19,21 @@ DEFAULT_CHUNK = 2_048
 NORMALISE_CHUNK = 8_192
 
 
-def _lookup(index: pd.Index, column: pd.Series) -> np.ndarray:
-    """Positions of ``column``'s values in ``index`` (-1 where absent).
+def _lookup(table: EmbeddingTable, column: pd.Series) -> np.ndarray:
+    """Positions of ``column``'s values in ``table`` (-1 where absent).
 
     A categorical column is resolved through its categories, so each distinct utterance
     is hashed once rather than once per trial.
     """
     if isinstance(column.dtype, pd.CategoricalDtype):
-        return _rows_of_codes(_category_rows(index, column.cat.categories), column)
-    return index.get_indexer(column.astype(str))
+        return _rows_of_codes(_category_rows(table, column.cat.categories), column)
+    return table.positions(column.astype(str).to_numpy())
 
 
-def _category_rows(index: pd.Index, categories: pd.Index) -> np.ndarray:
+def _category_rows(table: EmbeddingTable, categories: pd.Index) -> np.ndarray:
     if categories.inferred_type != "string":
         categories = categories.astype(str)
-    return index.get_indexer(categories)
+    return table.positions(categories.to_numpy())
 
 
 def _share_categories(a: pd.Series, b: pd.Series) -> bool:
@@ -53,16 +53,15 @@ def trial_rows(table: EmbeddingTable, trials: pd.DataFrame) -> tuple[np.ndarray,
 
     Raises ``EmbeddingError`` naming utterances the trial list needs but ``table`` lacks.
     """
-    index = table.index
     enrol_column, test_column = trials["enrol"], trials["test"]
     if _share_categories(enrol_column, test_column):
         # One lookup for both sides (``trials_frame`` builds them so).
-        category_rows = _category_rows(index, enrol_column.cat.categories)
+        category_rows = _category_rows(table, enrol_column.cat.categories)
         enrol = _rows_of_codes(category_rows, enrol_column)
         test = _rows_of_codes(category_rows, test_column)
     else:
-        enrol = _lookup(index, enrol_column)
-        test = _lookup(index, test_column)
+        enrol = _lookup(table, enrol_column)
+        test = _lookup(table, test_column)
     if (enrol < 0).any() or (test < 0).any():
         missing = pd.unique(
             np.r_[

@@ -1,0 +1,42 @@
+"""EmbeddingTable: utterance ids to rows of one matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+
+
+def _table(keys: list[str]) -> EmbeddingTable:
+    return EmbeddingTable(keys, np.arange(len(keys) * 2, dtype=np.float32).reshape(-1, 2))
+
+
+def test_positions_find_every_key_in_query_order_and_minus_one_for_absent_ones():
+    keys = ["id1/a/1.wav", "id1/a/2.wav", "ïd2/ß/3.wav", "id3/b/4.wav"]
+    table = _table(keys)
+    queries = ["id3/b/4.wav", "nobody.wav", "ïd2/ß/3.wav", "id1/a/1.wav", "id1/a/1.wav", ""]
+    np.testing.assert_array_equal(table.positions(queries), [3, -1, 2, 0, 0, -1])
+    assert table.positions([]).shape == (0,)
+    assert table.positions(np.array(keys, dtype=object)).tolist() == [0, 1, 2, 3]
+
+
+def test_positions_agree_with_the_mapping_on_many_keys():
+    rng = np.random.default_rng(0)
+    keys = [
+        f"id{s:05d}/vid{v:03d}/{i:05d}.wav"
+        for i, (s, v) in enumerate(rng.integers(0, 99, (5000, 2)))
+    ]
+    table = _table(keys)
+    queries = [keys[i] for i in rng.permutation(5000)[:3000]] + ["id00000/none.wav"]
+    expected = [table.rows([q])[0] if q in table else -1 for q in queries]
+    np.testing.assert_array_equal(table.positions(queries), expected)
+
+
+def test_duplicate_keys_and_mismatched_shapes_are_refused_by_name():
+    with pytest.raises(EmbeddingError, match=r"duplicate embedding keys.*u1"):
+        _table(["u1", "u2", "u1"])
+    with pytest.raises(EmbeddingError, match="3 keys but 2 vectors"):
+        EmbeddingTable(["a", "b", "c"], np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(EmbeddingError, match=r"no embedding.*ghost"):
+        _table(["u1"]).rows(["ghost"])
