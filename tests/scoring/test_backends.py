@@ -71,6 +71,16 @@ def test_centred_and_unnormalised_scores_equal_direct_computations():
     )
 
 
+@pytest.mark.parametrize("scale", [1e-9, 1e15])
+def test_very_short_or_long_rows_score_their_direction(scale: float):
+    table, labels = speaker_data()
+    trials = all_trials(table, labels)
+    scaled = EmbeddingTable(table.keys_, table.vectors * np.float32(scale))
+    np.testing.assert_allclose(
+        cosine_scores(scaled, trials), cosine_scores(table, trials), atol=1e-6
+    )
+
+
 def test_an_all_zero_embedding_scores_zero_not_nan():
     table, _ = speaker_data()
     vectors = table.vectors.copy()

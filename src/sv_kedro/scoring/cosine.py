@@ -17,6 +17,8 @@ from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 
 DEFAULT_CHUNK = 2_048
 NORMALISE_CHUNK = 8_192
+# Below this norm a row is normalised before its dot products (float32 stays precise).
+MIN_RAW_NORM = 1e-12
 
 
 def _lookup(table: EmbeddingTable, column: pd.Series) -> np.ndarray:
@@ -193,15 +195,15 @@ def cosine_scores(
     centred = _centred(vectors, mean)
     if length_norm:
         norms = _row_norms(centred)
-        if np.isfinite(norms).all():
+        if np.isfinite(norms).all() and norms.min() >= MIN_RAW_NORM:
             # Dot products of the raw rows divided by the two norms: the same cosine as
             # normalising every row first (within float32 rounding, as the torch loop
             # itself), without writing a normalised copy of the table.
             dots = paired_dot(centred, centred, enrol, test, chunk=chunk).astype(np.float32)
-            np.maximum(norms, 1e-12, out=norms)
             return (dots / (norms[enrol] * norms[test])).astype(np.float64)
-        # NaN/inf rows, or finite rows whose squares overflow float32: the normalising
-        # path names the former and rescues the latter.
+        # NaN/inf rows, finite rows whose squares overflow float32, or rows so short
+        # that their raw products would lose float32 precision: the normalising path
+        # names the first and rescues the others.
         normed, non_finite = _unit_rows(centred)
     else:
         normed, non_finite = centred, _non_finite_rows(vectors)
