@@ -45,3 +45,15 @@ def test_weights_with_the_same_bytes_but_another_dtype_are_another_start() -> No
     assert run_fingerprint(_manifest([0, 1, 1]), settings, {"w": half}) != run_fingerprint(
         _manifest([0, 1, 1]), settings, {"w": same_bytes}
     )
+
+
+def test_reporting_settings_do_not_start_a_fresh_folder() -> None:
+    settings = {"training": {"epochs": 3, "lr": 1e-3, "log_every": 10}, "data": {"batch_size": 4}}
+    base = run_fingerprint(_manifest([0, 1]), settings)
+    quieter = {
+        "training": {"epochs": 3, "lr": 1e-3, "log_every": 50, "progress_bar": False},
+        "data": {"batch_size": 4},
+    }
+    assert run_fingerprint(_manifest([0, 1]), quieter) == base
+    faster = {"training": {"epochs": 3, "lr": 2e-3, "log_every": 10}, "data": {"batch_size": 4}}
+    assert run_fingerprint(_manifest([0, 1]), faster) != base

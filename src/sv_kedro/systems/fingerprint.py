@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 
 MANIFEST_COLUMNS: tuple[str, ...] = ("utt_id", "speaker_index", "path")
+# Settings that change how a run reports, not what it learns: changing them resumes.
+REPORTING_KEYS = frozenset({"log_every", "progress_bar", "checkpoint_every_steps"})
 
 
 def state_digest(state: Mapping[str, torch.Tensor], digest: Any) -> None:
@@ -38,10 +40,26 @@ def run_fingerprint(
     initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> str:
     """12 hex digits identifying what a run learns from: ``settings`` (JSON-able), the
-    manifest's ``utt_id`` / ``speaker_index`` / ``path`` columns and ``initial_state``."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    manifest's ``utt_id`` / ``speaker_index`` / ``path`` columns and ``initial_state``.
+
+    Keys in ``REPORTING_KEYS`` are left out at any depth of ``settings``.
+    """
+    learned = _without_reporting_keys(settings)
+    digest = hashlib.sha256(json.dumps(learned, sort_keys=True, default=str).encode())
     columns = [c for c in MANIFEST_COLUMNS if c in train_manifest.columns]
     digest.update(pd.util.hash_pandas_object(train_manifest[columns], index=False).values)
     if initial_state is not None:
         state_digest(initial_state, digest)
     return digest.hexdigest()[:12]
+
+
+def _without_reporting_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            key: _without_reporting_keys(item)
+            for key, item in value.items()
+            if key not in REPORTING_KEYS
+        }
+    if isinstance(value, (list, tuple)):
+        return [_without_reporting_keys(item) for item in value]
+    return value
