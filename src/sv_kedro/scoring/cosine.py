@@ -97,20 +97,17 @@ def _unit_rows(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``out [n, dim]`` scaled to unit length, and the indices of rows holding NaN
     or inf (found from the norms, without a pass of its own).
 
-    Blocks of rows are normalised while they are in cache, one thread per core. A finite
-    row whose squares overflow float32 (values ~1e20) gets a float64 norm, so it keeps its
-    direction instead of collapsing to zero.
+    Blocks of rows are divided one thread per core. A finite row whose squares overflow
+    float32 (values ~1e20) gets a float64 norm, so it keeps its direction instead of
+    collapsing to zero.
     """
-    norms = np.empty(len(out), dtype=np.float32)
+    norms = _row_norms(out)
+    divisors = np.maximum(norms, 1e-12)
     unit = np.empty(out.shape, dtype=np.float32)
 
     def normalise_block(start: int, stop: int) -> None:
-        block = out[start:stop]
-        # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
-        block_norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-        norms[start:stop] = block_norms
         with np.errstate(invalid="ignore"):  # inf / inf in rows the caller is told about
-            np.divide(block, np.maximum(block_norms, 1e-12)[:, None], out=unit[start:stop])
+            np.divide(out[start:stop], divisors[start:stop, None], out=unit[start:stop])
 
     _in_row_blocks(len(out), NORMALISE_CHUNK, normalise_block)
     suspect = np.flatnonzero(~np.isfinite(norms))
@@ -219,6 +216,7 @@ def _row_norms(vectors: np.ndarray) -> np.ndarray:
 
     def norm_block(start: int, stop: int) -> None:
         block = vectors[start:stop]
+        # einsum's row-wise dot is about twice as fast as ``np.linalg.norm`` here.
         norms[start:stop] = np.sqrt(np.einsum("ij,ij->i", block, block))
 
     with np.errstate(over="ignore", invalid="ignore"):
