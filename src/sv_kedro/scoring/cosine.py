@@ -93,15 +93,15 @@ def _centred(vectors: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _unit_rows(out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unit_rows(out: np.ndarray, norms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``out [n, dim]`` scaled to unit length, and the indices of rows holding NaN
     or inf (found from the norms, without a pass of its own).
 
-    Blocks of rows are divided one thread per core. A finite row whose squares overflow
-    float32 (values ~1e20) gets a float64 norm, so it keeps its direction instead of
-    collapsing to zero.
+    ``norms`` are ``_row_norms(out)`` when the caller already has them. Blocks of rows are
+    divided one thread per core. A finite row whose squares overflow float32 (values ~1e20)
+    gets a float64 norm, so it keeps its direction instead of collapsing to zero.
     """
-    norms = _row_norms(out)
+    norms = _row_norms(out) if norms is None else norms
     divisors = np.maximum(norms, 1e-12)
     unit = np.empty(out.shape, dtype=np.float32)
 
@@ -201,7 +201,7 @@ def cosine_scores(
         # NaN/inf rows, finite rows whose squares overflow float32, or rows so short
         # that their raw products would lose float32 precision: the normalising path
         # names the first and rescues the others.
-        normed, non_finite = _unit_rows(centred)
+        normed, non_finite = _unit_rows(centred, norms)
     else:
         normed, non_finite = centred, _non_finite_rows(vectors)
     if non_finite.size:
