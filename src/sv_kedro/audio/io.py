@@ -43,6 +43,13 @@ def _suffix(path: str | os.PathLike[str]) -> str:
     return Path(path).suffix.lower()
 
 
+def _decode_error(path: str, what: str, exc: Exception) -> AudioDecodeError:
+    # The decoders report a missing file as a generic "System error" or codec failure.
+    if not os.path.exists(path):
+        return AudioDecodeError(f"{path}: no such file")
+    return AudioDecodeError(f"{path}: {what} ({exc})")
+
+
 def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     """Read frame count, sample rate and channel count from the header, not the samples."""
     path = os.fspath(path)
@@ -59,7 +66,7 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     except AudioDecodeError:
         raise
     except Exception as exc:  # soundfile raises several types for bad headers
-        raise AudioDecodeError(f"{path}: cannot read audio header ({exc})") from exc
+        raise _decode_error(path, "cannot read audio header", exc) from exc
 
 
 def read_audio(
@@ -85,7 +92,7 @@ def read_audio(
     except AudioDecodeError:
         raise
     except Exception as exc:
-        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
+        raise _decode_error(path, "cannot decode audio", exc) from exc
     if wave.shape[1] == 1:
         wave = wave[:, 0]
     return np.ascontiguousarray(wave, dtype=np.float32), int(rate)
@@ -145,7 +152,7 @@ def _pyav_info(path: str) -> AudioInfo:
     except AudioDecodeError:
         raise
     except Exception as exc:
-        raise AudioDecodeError(f"{path}: cannot read audio header ({exc})") from exc
+        raise _decode_error(path, "cannot read audio header", exc) from exc
 
 
 def _pyav_read(path: str, offset: int, frames: int) -> tuple[np.ndarray, int]:
