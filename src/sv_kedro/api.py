@@ -19,6 +19,7 @@ from torch import nn
 
 from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.models.factory import build_model
+from sv_kedro.scoring.extraction import embed_crops
 from sv_kedro.training.checkpoint import load_checkpoint
 
 
@@ -56,8 +57,9 @@ def embed_waveform(
     full = model.embed(torch.from_numpy(inputs.full)[None].to(device))
     vectors = [torch.nn.functional.normalize(full.float(), dim=-1)[0]]
     if n_crops:
-        crops = model.embed(torch.from_numpy(inputs.crops).to(device)).float()
-        vectors.append(torch.nn.functional.normalize(crops, dim=-1).mean(0))
+        crops = torch.from_numpy(inputs.crops)[None]
+        offsets = torch.from_numpy(inputs.offsets)[None]
+        vectors.append(embed_crops(model, crops, offsets, device)[0])
     return torch.stack(vectors).mean(0).cpu().numpy()
 
 

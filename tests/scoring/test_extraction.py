@@ -9,7 +9,12 @@ import torch
 
 from sv_kedro.audio.io import write_audio
 from sv_kedro.models.factory import build_model
-from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings, model_fingerprint
+from sv_kedro.scoring.extraction import (
+    ExtractionConfig,
+    extract_embeddings,
+    model_fingerprint,
+    unique_crop_rows,
+)
 
 
 @pytest.fixture
@@ -101,3 +106,42 @@ def test_cache_fingerprint_sees_a_change_anywhere_in_the_weights(manifest):
     assert first == model_fingerprint(bf16, manifest, config)
     weight[-2:] = torch.tensor([0.25, 0.5])
     assert model_fingerprint(bf16, manifest, config) != first
+
+
+def test_unique_crop_rows_keeps_one_crop_per_utterance_and_offset():
+    offsets = torch.tensor([[0, 0, 0], [0, 3, 6], [0, 1, 1]])
+    first, inverse = unique_crop_rows(offsets)
+    flat = offsets.reshape(-1)
+    rows = torch.arange(3).repeat_interleave(3)
+    # Every crop reuses a crop of its own utterance with its own offset ...
+    assert torch.equal(rows[first][inverse], rows)
+    assert torch.equal(flat[first][inverse], flat)
+    # ... and the first of them: row 0's three equal crops become one, row 2's two of three.
+    assert first.tolist() == [0, 3, 4, 5, 6, 7]
+
+
+def test_identical_crops_are_embedded_once_with_the_same_result(manifest, model):
+    """Utterances no longer than a crop give ``n_crops`` equal wrap-padded crops: embedding
+    one of them must give the vector that embedding and averaging all of them gives."""
+    from sv_kedro.audio.crops import evaluation_inputs
+
+    config = ExtractionConfig(n_crops=4, crop_seconds=1.0, device="cpu")
+    rows_embedded = []
+    original = model.embed
+
+    def counting_embed(waves, lengths=None):
+        rows_embedded.append(waves.shape[0])
+        return original(waves, lengths)
+
+    model.embed = counting_embed
+    result = extract_embeddings(model, manifest, config, progress=False)
+    model.embed = original
+    # 6 full utterances; crops: one each for the 0.6 / 0.9 / 0.4 s clips and 4 each for the
+    # 1.7 / 2.3 / 1.1 s clips (0.1 s of slack already spreads 4 distinct offsets).
+    assert sum(rows_embedded) == 6 + 3 * 1 + 3 * 4
+    for path, utt_id in zip(manifest.path, manifest.utt_id, strict=True):
+        inputs = evaluation_inputs(path, n_crops=4, crop_seconds=1.0)
+        every_crop = torch.nn.functional.normalize(
+            original(torch.from_numpy(inputs.crops)), dim=-1
+        ).mean(0)
+        np.testing.assert_allclose(result.crops[utt_id], every_crop.numpy(), atol=1e-5)

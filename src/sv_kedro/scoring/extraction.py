@@ -6,7 +6,8 @@ For every manifest utterance the model embeds (see ``audio.crops.evaluation_inpu
   similar length and a padding mask, never one by one;
 - ``crops``: ``n_crops`` crops of ``crop_seconds``; the utterance's crop vector is the mean
   of its L2-normalised crop embeddings, so the dot product of two crop vectors is the
-  mean cosine over all crop pairs (the paper's crop score).
+  mean cosine over all crop pairs (the paper's crop score). Identical crops (equal offsets,
+  or an utterance no longer than a crop) are embedded once and counted as often as they occur.
 
 Extraction resumes: finished batches are written to ``cache_dir`` as they complete, and a
 re-run with the same model and inputs loads them instead of recomputing. With
@@ -88,10 +89,40 @@ def _embed_batch(
     full = model.embed(waves, lengths).float().cpu().numpy()
     if n_crops == 0:
         return full, None
-    crops = batch["crops"].to(device)  # [B, n_crops, L]
-    flat = model.embed(crops.reshape(-1, crops.shape[-1])).float()
-    flat = torch.nn.functional.normalize(flat, dim=-1)
-    return full, flat.reshape(crops.shape[0], n_crops, -1).mean(dim=1).cpu().numpy()
+    return full, embed_crops(model, batch["crops"], batch["offsets"], device).cpu().numpy()
+
+
+def embed_crops(
+    model: nn.Module, crops: torch.Tensor, offsets: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """Mean L2-normalised crop embedding per utterance, ``[B, E]`` float32.
+
+    ``crops [B, n_crops, L]`` and ``offsets [B, n_crops]`` as ``collate_evaluation`` gives
+    them; each distinct crop is embedded once (see :func:`unique_crop_rows`).
+    """
+    first, inverse = unique_crop_rows(offsets)
+    distinct = crops.reshape(-1, crops.shape[-1])[first].to(device)
+    embedded = torch.nn.functional.normalize(model.embed(distinct).float(), dim=-1)
+    return embedded[inverse.to(device)].reshape(crops.shape[0], crops.shape[1], -1).mean(dim=1)
+
+
+def unique_crop_rows(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which crops of a batch to embed: one per distinct ``(utterance, offset)``.
+
+    Crops of one utterance with equal offsets hold the same samples, and every crop of an
+    utterance no longer than the crop is the same wrap-padded copy, so their embeddings
+    are computed once and reused (5x less crop work on keyword-length clips).
+
+    ``offsets [B, n_crops]`` -> ``first [U]``, flat indices into ``[B * n_crops]`` of the
+    crops to embed, and ``inverse [B * n_crops]``, the row of ``first`` each crop reuses.
+    """
+    rows = torch.arange(offsets.shape[0], dtype=torch.int64)[:, None]
+    keys = (rows * (int(offsets.max()) + 1) + offsets.long()).reshape(-1)
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    positions = torch.arange(keys.numel(), dtype=torch.int64)
+    first = torch.full((unique.numel(),), keys.numel(), dtype=torch.int64)
+    first = first.scatter_reduce(0, inverse, positions, reduce="amin")
+    return first, inverse
 
 
 def _load_parts(cache: Path) -> Iterator[dict[str, np.ndarray]]:
