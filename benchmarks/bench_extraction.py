@@ -1,12 +1,16 @@
-"""Embedding extraction: length-bucketed batches against one utterance at a time (CPU).
+"""Embedding extraction: length-bucketed batches against one input at a time.
 
     python benchmarks/bench_extraction.py [--utterances 48] [--configs tiny base]
     python benchmarks/bench_extraction.py --seconds 0.5 1.5 --utterances 200   # keyword clips
+    python benchmarks/bench_extraction.py --crops 5      # full + 5 x 4 s crops (the default)
+    python benchmarks/bench_extraction.py --device cuda  # where a GPU is present
 
-Both runs embed the same utterances (2-8 s, full utterance, no crops) with the same
-model; the baseline is the loop most recipes use: one forward per utterance. ``tiny`` is
-a 2-layer wav2vec2-style encoder with mean+std pooling, ``base`` the wav2vec2-base size
-(768 x 12 layers, random weights) and ``ecapa`` an ECAPA-TDNN (C=512).
+Both sides embed the same utterances (2-8 s by default) with the same model. Ours is
+``extract_embeddings``: length buckets with padding masks, each distinct crop embedded once.
+The baseline is the loop most recipes use: read an utterance, one forward for it and one
+per crop (``--crops``, 0 by default: full utterances only). ``tiny`` is a 2-layer
+wav2vec2-style encoder with mean+std pooling, ``base`` the wav2vec2-base size (768 x 12
+layers, random weights) and ``ecapa`` an ECAPA-TDNN (C=512).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.audio.io import write_audio
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
@@ -67,10 +72,33 @@ def make_corpus(
     return pd.DataFrame(rows)
 
 
-def timed(model, manifest, config) -> tuple[float, np.ndarray]:
+def ours(model, manifest, config) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
     result = extract_embeddings(model, manifest, config, progress=False)
-    return time.perf_counter() - start, result.full.vectors
+    vectors = result.full.vectors
+    if result.crops is not None:
+        vectors = np.concatenate([vectors, result.crops.vectors], axis=1)
+    return time.perf_counter() - start, vectors
+
+
+def recipe_loop(model, manifest, config) -> tuple[float, np.ndarray]:
+    """One utterance at a time, one forward per input (the full utterance, then each crop)."""
+    device = torch.device(config.device)
+    start = time.perf_counter()
+    rows = []
+    with torch.inference_mode():
+        for path in manifest["path"]:
+            inputs = evaluation_inputs(
+                path, config.n_crops, config.crop_seconds, config.max_seconds
+            )
+            full = torch.from_numpy(inputs.full)[None].to(device)
+            row = [model.embed(full)[0].float().cpu()]
+            if config.n_crops:
+                crops = [model.embed(torch.from_numpy(c)[None].to(device))[0] for c in inputs.crops]
+                normed = torch.nn.functional.normalize(torch.stack(crops).float(), dim=-1)
+                row.append(normed.mean(0).cpu())
+            rows.append(torch.cat(row).numpy())
+    return time.perf_counter() - start, np.stack(rows)
 
 
 def main() -> None:
@@ -78,13 +106,16 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=48)
     parser.add_argument("--configs", nargs="+", default=["tiny", "ecapa", "base"])
     parser.add_argument("--max-batch-seconds", type=float, default=16.0)
+    parser.add_argument("--crops", type=int, default=0, help="crops per utterance (4 s each)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX")
     )
     args = parser.parse_args()
     low, high = args.seconds
     print(
-        f"torch threads: {torch.get_num_threads()}, {args.utterances} utterances of {low}-{high} s"
+        f"torch threads: {torch.get_num_threads()}, device {args.device}, "
+        f"{args.utterances} utterances of {low}-{high} s, {args.crops} crops"
     )
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_corpus(Path(tmp), args.utterances, low, high)
@@ -92,13 +123,14 @@ def main() -> None:
         for name in args.configs:
             torch.manual_seed(0)
             model = build_model(CONFIGS[name]).eval()
-            batched_cfg = ExtractionConfig(
-                n_crops=0, max_batch_seconds=args.max_batch_seconds, device="cpu"
+            config = ExtractionConfig(
+                n_crops=args.crops, max_batch_seconds=args.max_batch_seconds, device=args.device
             )
-            single_cfg = ExtractionConfig(n_crops=0, max_batch_size=1, device="cpu")
-            timed(model, manifest.head(2), single_cfg)  # warm-up
-            batched_s, batched = timed(model, manifest, batched_cfg)
-            single_s, single = timed(model, manifest, single_cfg)
+            model = model.to(args.device)
+            recipe_loop(model, manifest.head(2), config)  # warm-up
+            ours(model, manifest.head(2), config)
+            batched_s, batched = ours(model, manifest, config)
+            single_s, single = recipe_loop(model, manifest, config)
             diff = float(np.abs(batched - single).max())
             print(
                 f"[{name}] batched {batched_s:6.2f} s ({audio_seconds / batched_s:6.1f} audio-s/s)"

@@ -145,3 +145,25 @@ def test_identical_crops_are_embedded_once_with_the_same_result(manifest, model)
             original(torch.from_numpy(inputs.crops)), dim=-1
         ).mean(0)
         np.testing.assert_allclose(result.crops[utt_id], every_crop.numpy(), atol=1e-5)
+
+
+def test_crop_forwards_stay_within_the_batch_budget(manifest, model):
+    """``max_batch_seconds`` bounds crop forwards too: a batch of B utterances must not
+    become one forward of B x n_crops crops."""
+    roomy = ExtractionConfig(n_crops=4, crop_seconds=0.5, device="cpu")
+    tight = ExtractionConfig(n_crops=4, crop_seconds=0.5, max_batch_seconds=1.2, device="cpu")
+    crop_rows = []
+    original = model.embed
+
+    def recording_embed(waves, lengths=None):
+        if lengths is None:  # crops come without lengths, full utterances with them
+            crop_rows.append(waves.shape[0])
+        return original(waves, lengths)
+
+    expected = extract_embeddings(model, manifest, roomy, progress=False)
+    model.embed = recording_embed
+    result = extract_embeddings(model, manifest, tight, progress=False)
+    model.embed = original
+    assert max(crop_rows) == 2  # 1.2 s of budget holds two 0.5-s crops
+    assert sum(crop_rows) == 4 * 5 + 1  # the 0.4-s clip's four crops are one
+    np.testing.assert_allclose(result.crops.vectors, expected.crops.vectors, atol=1e-5)

@@ -82,27 +82,42 @@ def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: Extracti
 
 
 def _embed_batch(
-    model: nn.Module, batch: dict, device: torch.device, n_crops: int
+    model: nn.Module, batch: dict, device: torch.device, config: ExtractionConfig
 ) -> tuple[np.ndarray, np.ndarray | None]:
     waves = batch["waves"].to(device)
     lengths = batch["lengths"].to(device)
     full = model.embed(waves, lengths).float().cpu().numpy()
-    if n_crops == 0:
+    if config.n_crops == 0:
         return full, None
-    return full, embed_crops(model, batch["crops"], batch["offsets"], device).cpu().numpy()
+    per_forward = min(config.max_batch_size, int(config.max_batch_seconds // config.crop_seconds))
+    crops = embed_crops(model, batch["crops"], batch["offsets"], device, max(1, per_forward))
+    return full, crops.cpu().numpy()
 
 
 def embed_crops(
-    model: nn.Module, crops: torch.Tensor, offsets: torch.Tensor, device: torch.device
+    model: nn.Module,
+    crops: torch.Tensor,
+    offsets: torch.Tensor,
+    device: torch.device,
+    max_per_forward: int | None = None,
 ) -> torch.Tensor:
     """Mean L2-normalised crop embedding per utterance, ``[B, E]`` float32.
 
     ``crops [B, n_crops, L]`` and ``offsets [B, n_crops]`` as ``collate_evaluation`` gives
-    them; each distinct crop is embedded once (see :func:`unique_crop_rows`).
+    them; each distinct crop is embedded once (see :func:`unique_crop_rows`), at most
+    ``max_per_forward`` crops per forward, so that a batch of many short utterances does
+    not become one forward of ``B x n_crops`` crops.
     """
     first, inverse = unique_crop_rows(offsets)
-    distinct = crops.reshape(-1, crops.shape[-1])[first].to(device)
-    embedded = torch.nn.functional.normalize(model.embed(distinct).float(), dim=-1)
+    distinct = crops.reshape(-1, crops.shape[-1])[first]
+    step = max_per_forward or distinct.shape[0]
+    embedded = torch.cat(
+        [
+            model.embed(distinct[start : start + step].to(device)).float()
+            for start in range(0, distinct.shape[0], step)
+        ]
+    )
+    embedded = torch.nn.functional.normalize(embedded, dim=-1)
     return embedded[inverse.to(device)].reshape(crops.shape[0], crops.shape[1], -1).mean(dim=1)
 
 
@@ -182,7 +197,7 @@ def extract_embeddings(
         total=sum(len(b) for _, b in mine), desc="embedding", disable=not progress, unit="utt"
     )
     for (number, _), batch in zip(mine, loader, strict=True):
-        full, crops = _embed_batch(model, batch, device, config.n_crops)
+        full, crops = _embed_batch(model, batch, device, config)
         indices = batch["indices"].numpy()
         if cache is not None:
             arrays = {"indices": indices, "full": full}
