@@ -10,7 +10,8 @@ import torch
 from kedro.io import DataCatalog, DatasetError
 
 from sv_kedro.datasets import CheckpointDataset
-from sv_kedro.training.checkpoint import build_checkpoint, capture_rng_state
+from sv_kedro.training.checkpoint import build_checkpoint
+from sv_kedro.training.rng_state import capture_rng_state
 
 
 def _checkpoint(epoch: int) -> dict:

@@ -12,12 +12,11 @@ from sv_kedro.training import checkpoint as ckpt
 from sv_kedro.training.checkpoint import (
     CheckpointError,
     build_checkpoint,
-    capture_rng_state,
     checkpoint_summary,
     load_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
+from sv_kedro.training.rng_state import capture_rng_state, restore_rng_state
 
 
 def _trained_model() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:

@@ -22,9 +22,7 @@ import torch
 
 from sv_kedro.training.checkpoint import (
     build_checkpoint,
-    capture_rng_state,
     load_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
 from sv_kedro.training.distributed import (
@@ -32,6 +30,7 @@ from sv_kedro.training.distributed import (
     all_gather_objects,
     gather_per_sample_losses,
 )
+from sv_kedro.training.rng_state import capture_rng_state, restore_rng_state
 from sv_kedro.training.schedules import ScheduleFactor
 
 logger = logging.getLogger(__name__)
