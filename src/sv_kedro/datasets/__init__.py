@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from sv_kedro.datasets.audio_dataset import AudioDataset
 from sv_kedro.datasets.checkpoint_dataset import CheckpointDataset
-from sv_kedro.datasets.embeddings_dataset import EmbeddingsDataset, table_from_vectors
+from sv_kedro.datasets.embeddings_dataset import EmbeddingsDataset
 from sv_kedro.datasets.trials_dataset import TrialsDataset
+from sv_kedro.datasets.vector_mapping import table_from_vectors
 
 __all__ = [
     "AudioDataset",

@@ -45,6 +45,7 @@ from sv_kedro.datasets.embedding_projection import (
 )
 from sv_kedro.datasets.file_dataset import VersionedFileDataset
 from sv_kedro.datasets.previews import ImagePreview, TablePreview, embeddings_table_preview
+from sv_kedro.datasets.vector_mapping import table_from_vectors
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.training.checkpoint import CheckpointError, torch_load_weights_only
 from sv_kedro.utils.atomic import atomic_write_path
@@ -307,61 +308,6 @@ class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-
-
-def table_from_vectors(mapping: Mapping[str, Any], source: str = "<embeddings>") -> EmbeddingTable:
-    """``{utt_id: vector}`` (tensors or arrays, ``[dim]`` or ``[1, dim]``) -> ``EmbeddingTable``.
-
-    Raises ``DatasetError`` naming the first key whose value is not a float vector of the
-    common dimension.
-    """
-    if not mapping:
-        raise DatasetError(f"{source}: no embeddings")
-    keys: list[str] = []
-    rows: list[Any] = []
-    dim: int | None = None
-    all_tensors = True
-    for key, value in mapping.items():
-        if not isinstance(key, str):
-            raise DatasetError(f"{source}: key {key!r} is a {type(key).__name__}, not a string")
-        is_tensor = isinstance(value, torch.Tensor)
-        if not is_tensor:
-            if not isinstance(value, np.ndarray):
-                raise DatasetError(
-                    f"{source}: embedding {key!r} is a {type(value).__name__}, "
-                    "not a tensor or array"
-                )
-            all_tensors = False
-        shape = tuple(value.shape)
-        if is_tensor:
-            floating, size = value.is_floating_point(), value.numel()
-        else:
-            floating, size = np.issubdtype(value.dtype, np.floating), value.size
-        if not floating:
-            raise DatasetError(f"{source}: embedding {key!r} has dtype {value.dtype}, not float")
-        if len(shape) != 1 and (not shape or sum(n > 1 for n in shape) > 1):
-            raise DatasetError(f"{source}: embedding {key!r} has shape {shape}, not a vector")
-        if dim is None:
-            dim = size
-        elif size != dim:
-            raise DatasetError(
-                f"{source}: embedding {key!r} has {size} values, the others have {dim}"
-            )
-        keys.append(key)
-        rows.append(value.reshape(-1))
-    if all_tensors:
-        vectors = torch.stack([row.detach().cpu() for row in rows]).float().numpy()
-    else:
-        vectors = np.stack(
-            [
-                row.detach().cpu().float().numpy() if isinstance(row, torch.Tensor) else row
-                for row in rows
-            ]
-        ).astype(np.float32, copy=False)
-    try:
-        return EmbeddingTable(keys, vectors)
-    except EmbeddingError as exc:
-        raise DatasetError(f"{source}: {exc}") from exc
 
 
 def _viz_preview_kind(metadata: Mapping[str, Any] | None) -> str:
