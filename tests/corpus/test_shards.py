@@ -1,4 +1,4 @@
-"""WebDataset shards: round trip, layout, resume."""
+"""WebDataset shards: round trip, layout, resume, checks against the training manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import soundfile as sf
 
 from sv_kedro.corpus.shards import (
     ShardError,
+    check_shards_hold,
+    iter_shard_records,
     iter_webdataset_shards,
+    read_shard_index,
     shard_paths,
     write_webdataset_shards,
 )
@@ -84,3 +87,39 @@ def test_errors_name_the_problem(corpus, tmp_path):
         archive.addfile(info, io.BytesIO(data))
     with pytest.raises(ShardError, match=r"broken\.tar.*000000001.*incomplete"):
         list(iter_webdataset_shards([broken]))
+
+
+def test_shards_are_checked_against_the_training_manifest(corpus, tmp_path):
+    out = tmp_path / "shards"
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    assert check_shards_hold(corpus, out)["num_utterances"] == len(corpus)
+    # Row order does not matter: the writer sorts by utt_id before its seeded shuffle.
+    assert check_shards_hold(corpus.iloc[::-1], out)["num_shards"] == 3
+    with pytest.raises(ShardError, match="hold 12 utterances, the training manifest 11"):
+        check_shards_hold(corpus.iloc[1:], out)
+    moved = corpus.assign(path=corpus["path"].str.replace("raw", "elsewhere"))
+    with pytest.raises(ShardError, match=r"shard-00000\d\.tar: holds other utterances"):
+        check_shards_hold(moved, out)
+
+
+def test_a_shard_index_that_cannot_be_used_is_named(corpus, tmp_path):
+    with pytest.raises(ShardError, match=r"nowhere/index\.json: shard index not found"):
+        read_shard_index(tmp_path / "nowhere")
+    out = tmp_path / "shards"
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    index = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**index, "complete": False}))
+    with pytest.raises(ShardError, match="incomplete"):
+        shard_paths(out)
+    (out / "index.json").write_text("{not json")
+    with pytest.raises(ShardError, match="not valid JSON"):
+        read_shard_index(out)
+
+
+def test_records_decode_only_when_asked(corpus, tmp_path):
+    out = tmp_path / "shards"
+    write_webdataset_shards(corpus, out, utterances_per_shard=12, seed=1)
+    records = list(iter_shard_records(out / "shard-000000.tar"))
+    assert len(records) == 12 and all(set(r.parts) == {"flac", "json"} for r in records)
+    utt_id, speaker, wave, rate = records[0].decode()
+    assert speaker == utt_id.split("/")[0] and rate == 16000 and wave.dtype == np.float32

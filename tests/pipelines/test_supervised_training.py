@@ -429,3 +429,48 @@ def test_batched_pair_scoring_equals_one_pair_at_a_time(tmp_path: Path):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
     with pytest.raises(ValueError, match="u9"):
         score_pairs_batched(model, manifest, trials.assign(test="u9"), None)
+
+
+@pytest.mark.slow
+def test_a_system_trains_from_webdataset_shards_alone(project_root: Path, tmp_path: Path):
+    """data_engineering writes the shards; ECAPA-TDNN then trains with ``data.shard_dir``
+    while its training audio files are moved away, so every item came from the shards."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    shutil.copytree(project_root / "conf", project / "conf")
+    shutil.copy(project_root / "pyproject.toml", project / "pyproject.toml")
+    corpus = {
+        "data_engineering": {
+            **TINY_CORPUS["data_engineering"],
+            "shards": {"enabled": True, "utterances_per_shard": 10},
+        }
+    }
+    run_session(project, ["data_engineering"], corpus)
+    data = project / "data"
+    index = json.loads((data / "04_feature/train_shard_index.json").read_text())
+    assert index["enabled"] and index["num_shards"] >= 4
+    train = pd.read_parquet(data / "05_model_input/train_manifest.parquet")
+    moved = [Path(path) for path in train["path"]]
+    for path in moved:
+        path.rename(path.with_name(path.name + ".away"))
+    steps = 24
+    system = {
+        "training": {"max_steps": steps, "validate_every_steps": steps, "log_every": 4},
+        "data": {"batch_size": 8, "crop_seconds": 1.0, "shard_dir": index["out_dir"]},
+    }
+    try:
+        run_session(
+            project,
+            ["supervised_training"],
+            {"ecapa_tdnn": system},
+            node_names=["ecapa_tdnn.find_learning_rate", "ecapa_tdnn.train_speaker_model"],
+        )
+    finally:
+        for path in moved:
+            path.with_name(path.name + ".away").rename(path)
+    metrics = pd.read_csv(data / "08_reporting/ecapa_tdnn/training_metrics.csv")
+    losses = metrics["loss"].dropna().to_numpy()
+    assert metrics["step"].max() == steps and np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
+    checkpoint = load_checkpoint(data / "06_models/ecapa_tdnn/checkpoint.pt")
+    assert checkpoint["model_config"]["n_classes"] == train["speaker_index"].max() + 1

@@ -1,4 +1,4 @@
-"""Training and evaluation datasets, collate functions, length buckets and shard streaming."""
+"""Training and evaluation datasets, collate functions and length buckets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from sv_kedro.audio.rir import RirBank
 from sv_kedro.training.data import (
     EvaluationDataset,
     PairDataset,
-    ShardDataset,
     SpeakerDataset,
     bucket_by_length,
     collate_evaluation,
@@ -177,34 +176,3 @@ def test_manifest_errors_name_the_problem(manifest):
         SpeakerDataset(manifest.drop(columns="num_frames"), CropSpec("start", 1.0))
     with pytest.raises(IndexError, match="outside dataset of 12"):
         SpeakerDataset(manifest, CropSpec("start", 1.0))[12]
-
-
-def test_shards_split_across_ranks_and_workers(manifest, tmp_path):
-    from sv_kedro.corpus.shards import shard_paths, write_webdataset_shards
-
-    write_webdataset_shards(manifest, tmp_path / "shards", utterances_per_shard=2, seed=0)
-    shards = shard_paths(tmp_path / "shards")
-    assert len(shards) == 6
-    speaker_to_index = {f"spk{k}": k for k in range(4)}
-    seen: list[list[str]] = []
-    for rank in range(2):
-        dataset = ShardDataset(
-            shards,
-            CropSpec("random", 0.5),
-            speaker_to_index=speaker_to_index,
-            seed=1,
-            num_replicas=2,
-            rank=rank,
-            shuffle_buffer=2,
-        )
-        dataset.set_epoch(1)
-        loader = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate_padded)
-        batches = list(loader)
-        seen.append([u for b in batches for u in b["utt_ids"]])
-        for b in batches:
-            assert b["waves"].shape[1] == RATE // 2
-            assert b["labels"].tolist() == [int(u[3]) for u in b["utt_ids"]]
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == sorted(manifest["utt_id"])
-    with pytest.raises(ValueError, match="6 shards cannot feed 8 ranks"):
-        ShardDataset(shards, None, num_replicas=8, rank=0)

@@ -51,6 +51,12 @@ def _shard_fingerprint(rows: pd.DataFrame, sample_rate: int) -> str:
     return digest.hexdigest()
 
 
+def _shuffled(manifest: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The manifest in shard order: sorted by ``utt_id``, then permuted with ``seed``."""
+    table = manifest.sort_values("utt_id", kind="stable").reset_index(drop=True)
+    return table.iloc[np.random.default_rng(seed).permutation(len(table))].reset_index(drop=True)
+
+
 def _flac_bytes(path: str, sample_rate: int) -> tuple[bytes, float]:
     wave, rate = read_audio(path)
     wave = to_mono(wave)
@@ -128,8 +134,7 @@ def write_webdataset_shards(
         raise ShardError("manifest is empty: nothing to shard")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = manifest.sort_values("utt_id", kind="stable").reset_index(drop=True)
-    table = table.iloc[np.random.default_rng(seed).permutation(len(table))].reset_index(drop=True)
+    table = _shuffled(manifest, seed)
     previous = _read_index(out_dir)
     entries: list[dict[str, Any]] = []
     written = skipped = 0
@@ -196,16 +201,50 @@ def _index(
     }
 
 
-def shard_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
-    """The shard files listed by ``out_dir/index.json``, in order; error if incomplete."""
-    out_dir = Path(out_dir)
-    path = out_dir / INDEX_NAME
+def read_shard_index(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``out_dir/index.json`` of a complete shard set; an error names what is wrong."""
+    path = Path(out_dir) / INDEX_NAME
     if not path.is_file():
-        raise ShardError(f"{path}: shard index not found")
-    index = json.loads(path.read_text(encoding="utf-8"))
+        raise ShardError(f"{path}: shard index not found (write shards with data_engineering)")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from exc
+    if index.get("format") != INDEX_FORMAT:
+        raise ShardError(f"{path}: format {index.get('format')!r}, expected {INDEX_FORMAT!r}")
     if not index.get("complete"):
         raise ShardError(f"{path}: shards are incomplete (an interrupted run); write them again")
-    return [out_dir / entry["name"] for entry in index["shards"]]
+    return index
+
+
+def shard_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The shard files listed by ``out_dir/index.json``, in order; error if incomplete."""
+    return [Path(out_dir) / entry["name"] for entry in read_shard_index(out_dir)["shards"]]
+
+
+def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check that the shards in ``out_dir`` hold exactly ``manifest``; return their index.
+
+    Every shard's fingerprint is recomputed from the manifest (the same seeded order and
+    shard size the writer used), so shards written from another manifest, another split
+    or with other paths are refused before training reads a sample from them.
+    """
+    index = read_shard_index(out_dir)
+    if len(manifest) != index["num_utterances"]:
+        raise ShardError(
+            f"{out_dir}: the shards hold {index['num_utterances']} utterances, the training "
+            f"manifest {len(manifest)}; write the shards again from this manifest"
+        )
+    table = _shuffled(manifest, int(index["seed"]))
+    size = int(index["utterances_per_shard"])
+    for number, entry in enumerate(index["shards"]):
+        rows = table.iloc[number * size : (number + 1) * size]
+        if _shard_fingerprint(rows, int(index["sample_rate"])) != entry["fingerprint"]:
+            raise ShardError(
+                f"{Path(out_dir) / entry['name']}: holds other utterances than the training "
+                "manifest (another split or corpus); write the shards again from this manifest"
+            )
+    return index
 
 
 def iter_webdataset_shards(
@@ -218,30 +257,49 @@ def iter_webdataset_shards(
     and key.
     """
     for given in paths:
-        shard = Path(given)
-        pending: dict[str, dict[str, bytes]] = {}
-        try:
-            with tarfile.open(shard, "r|") as archive:
-                for member in archive:
-                    if not member.isfile():
-                        continue
-                    base = member.name.rsplit("/", 1)[-1]
-                    key, dot, extension = base.partition(".")
-                    if not dot:
-                        raise ShardError(f"{shard}: member {member.name!r} has no extension")
-                    handle = archive.extractfile(member)
-                    assert handle is not None  # isfile() members always have data
-                    parts = pending.setdefault(key, {})
-                    parts[extension] = handle.read()
-                    if "flac" in parts and "json" in parts:
-                        yield _decode_sample(shard, key, pending.pop(key))
-        except tarfile.TarError as exc:
-            raise ShardError(f"{shard}: cannot read tar ({exc})") from exc
-        if pending:
-            key, parts = next(iter(pending.items()))
-            raise ShardError(
-                f"{shard}: sample {key!r} is incomplete (has {sorted(parts)}, needs flac and json)"
-            )
+        for record in iter_shard_records(given):
+            yield record.decode()
+
+
+class ShardRecord:
+    """One sample of a shard, still encoded: ``decode()`` gives ``(utt_id, speaker, wave,
+    rate)``. Readers that skip samples (a resumed epoch) never pay for their decoding."""
+
+    __slots__ = ("key", "parts", "shard")
+
+    def __init__(self, shard: Path, key: str, parts: dict[str, bytes]) -> None:
+        self.shard, self.key, self.parts = shard, key, parts
+
+    def decode(self) -> tuple[str, str, np.ndarray, int]:
+        return _decode_sample(self.shard, self.key, self.parts)
+
+
+def iter_shard_records(path: str | os.PathLike[str]) -> Iterator[ShardRecord]:
+    """The samples of one shard in file order, undecoded (see :func:`iter_webdataset_shards`)."""
+    shard = Path(path)
+    pending: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(shard, "r|") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                key, dot, extension = base.partition(".")
+                if not dot:
+                    raise ShardError(f"{shard}: member {member.name!r} has no extension")
+                handle = archive.extractfile(member)
+                assert handle is not None  # isfile() members always have data
+                parts = pending.setdefault(key, {})
+                parts[extension] = handle.read()
+                if "flac" in parts and "json" in parts:
+                    yield ShardRecord(shard, key, pending.pop(key))
+    except tarfile.TarError as exc:
+        raise ShardError(f"{shard}: cannot read tar ({exc})") from exc
+    if pending:
+        key, parts = next(iter(pending.items()))
+        raise ShardError(
+            f"{shard}: sample {key!r} is incomplete (has {sorted(parts)}, needs flac and json)"
+        )
 
 
 def _decode_sample(

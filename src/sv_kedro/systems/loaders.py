@@ -13,6 +13,8 @@ per epoch with a ``LoaderRequest`` (epoch, resume position, rank, world size). C
     return_clean: false           # the un-augmented view too (label correction)
     num_workers: 0
     sample_rate: 16000
+    shard_dir: null               # read the WebDataset shards of data_engineering.shards instead
+    shuffle_buffer: 1000          # with shard_dir: items shuffled within each worker's stream
     augmentation:                 # null: none
       weights: {none: 1, reverb: 1, noise: 1, babble: 1, reverb+noise: 1}
       noise_dirs: []              # folders of noise files (category noise)
@@ -22,11 +24,16 @@ per epoch with a ``LoaderRequest`` (epoch, resume position, rank, world size). C
       simulated_rirs: 50
       rir_cache: null             # .npz cache of the simulated bank
       babble_from_manifest: true  # babble from other speakers of the training set
+
+With ``shard_dir`` the items come from the WebDataset shards of the training manifest
+(``corpus.shards``; checked to hold exactly this manifest) in random batches read shard by
+shard; speaker-balanced batches and pairs need random access and stay with the manifest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,9 +42,11 @@ from torch.utils.data import DataLoader
 from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter, BabbleSource, NoiseBank
 from sv_kedro.audio.crops import CropSpec
 from sv_kedro.audio.rir import RirBank
+from sv_kedro.corpus.shards import check_shards_hold
 from sv_kedro.training.batches import SkipBatches
 from sv_kedro.training.data import PairDataset, SpeakerDataset, collate_padded, collate_pairs
 from sv_kedro.training.samplers import PairBatchSampler, SpeakerBalancedBatchSampler
+from sv_kedro.training.shard_data import ShardDataset, resume_skips, worker_batches
 from sv_kedro.training.task import LoaderRequest
 
 AUGMENTATION_SOURCES = (
@@ -109,12 +118,40 @@ class SpeakerLoaderFactory:
             seed=seed,
         )
         self.pairs = bool(self.config.get("pairs", False))
+        self.shard_index: dict[str, Any] | None = None
+        if self.config.get("shard_dir"):
+            self.shard_index = self._checked_shards(rate)
+
+    def _checked_shards(self, rate: int) -> dict[str, Any]:
+        folder = self.config["shard_dir"]
+        for key, why in (
+            ("pairs", "pair batches"),
+            ("utts_per_speaker_cap", "a per-speaker cap"),
+        ):
+            if self.config.get(key):
+                raise ValueError(
+                    f"data.{key} ({why}) needs the manifest's random access: unset it or "
+                    f"data.shard_dir ({folder})"
+                )
+        index = check_shards_hold(self.manifest, folder)
+        manifest = self.manifest
+        self.speaker_to_index = dict(
+            zip(manifest["speaker"], manifest["speaker_index"].astype(int), strict=True)
+        )
+        self.utt_to_index = {utt: row for row, utt in enumerate(self.dataset.utt_ids)}
+        if int(index["sample_rate"]) != rate:
+            raise ValueError(
+                f"{folder}: shards are {index['sample_rate']} Hz, data.sample_rate is {rate}"
+            )
+        return index
 
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
-    def __call__(self, request: LoaderRequest) -> DataLoader:
+    def __call__(self, request: LoaderRequest) -> Any:
+        if self.shard_index is not None:
+            return self._shard_loader(request)
         batch_size = int(self.config["batch_size"])
         speakers = self.dataset.speakers
         if self.pairs:
@@ -149,6 +186,52 @@ class SpeakerLoaderFactory:
             num_workers=workers,
             persistent_workers=False,
         )
+
+    def _shard_loader(self, request: LoaderRequest) -> SizedLoader:
+        assert self.shard_index is not None
+        folder = Path(self.config["shard_dir"])
+        counts = {str(folder / e["name"]): int(e["count"]) for e in self.shard_index["shards"]}
+        dataset = ShardDataset(
+            list(counts),
+            self.dataset.crop,
+            self.dataset.augmenter,
+            sample_rate=self.dataset.sample_rate,
+            speaker_to_index=self.speaker_to_index,
+            return_clean=self.dataset.return_clean,
+            seed=request.seed,
+            num_replicas=request.world_size,
+            rank=request.rank,
+            shuffle_buffer=int(self.config.get("shuffle_buffer", 1000)),
+            shard_counts=counts,
+            utt_to_index=self.utt_to_index,
+        )
+        dataset.set_epoch(request.epoch)
+        batch_size, workers = int(self.config["batch_size"]), int(self.config.get("num_workers", 0))
+        per_worker = worker_batches(dataset, workers, batch_size)
+        skipped, next_worker = resume_skips(per_worker, request.start_batch)
+        dataset.set_skip({w: n * batch_size for w, n in skipped.items()}, next_worker)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            drop_last=True,
+            collate_fn=collate_padded,
+            num_workers=workers,
+            persistent_workers=False,
+        )
+        return SizedLoader(loader, sum(per_worker) - request.start_batch)
+
+
+class SizedLoader:
+    """An iterable of batches with a known ``len()`` (what a streaming loader cannot say)."""
+
+    def __init__(self, batches: Iterable[Any], length: int) -> None:
+        self.batches, self.length = batches, int(length)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def build_loader(config: Mapping[str, Any]) -> SpeakerLoaderFactory:

@@ -9,15 +9,13 @@ epoch's draws. Waveforms are mono float32 at the dataset's ``sample_rate``.
 from __future__ import annotations
 
 import math
-import os
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset
 
 from sv_kedro.audio.augmentation import Augmenter, speed_perturb, speed_perturbed_label
 from sv_kedro.audio.crops import CropSpec, crop_array, evaluation_inputs, read_crop, wrap_pad
@@ -297,112 +295,3 @@ def bucket_by_length(
     if current:
         batches.append(current)
     return batches
-
-
-ShardReader = Callable[[Iterable[str]], Iterator[tuple[str, str, np.ndarray, int]]]
-
-
-def _default_shard_reader(paths: Iterable[str]) -> Iterator[tuple[str, str, np.ndarray, int]]:
-    from sv_kedro.corpus.shards import iter_webdataset_shards
-
-    return iter_webdataset_shards(paths)
-
-
-class ShardDataset(IterableDataset):
-    """Training items streamed from WebDataset tar shards (the alternative to a manifest).
-
-    Each epoch the shard list is shuffled with ``(seed, epoch)`` (identically on every
-    rank), then shard ``k`` goes to the loader worker ``k mod (num_replicas x num_workers)``
-    counted over ranks, so no utterance is read twice per epoch. Items are as for
-    :class:`SpeakerDataset` (``index`` is -1; labels come from ``speaker_to_index``, -1 for
-    unknown speakers), with random draws seeded by ``(seed, epoch, crc32(utt_id))``. Ranks
-    can receive different numbers of utterances; give each rank at least one shard per
-    worker. ``shuffle_buffer`` > 0 shuffles items within a worker's stream.
-    """
-
-    def __init__(
-        self,
-        shard_paths: Sequence[str | os.PathLike[str]],
-        crop: CropSpec | None,
-        augmenter: Augmenter | None = None,
-        sample_rate: int = 16000,
-        speaker_to_index: Mapping[str, int] | None = None,
-        return_clean: bool = False,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        shuffle_shards: bool = True,
-        shuffle_buffer: int = 0,
-        reader: ShardReader | None = None,
-    ) -> None:
-        if not shard_paths:
-            raise ValueError("ShardDataset needs at least one shard")
-        if num_replicas is None or rank is None:
-            dist = torch.distributed
-            ready = dist.is_available() and dist.is_initialized()
-            num_replicas = dist.get_world_size() if ready else 1
-            rank = dist.get_rank() if ready else 0
-        if len(shard_paths) < num_replicas:
-            raise ValueError(
-                f"{len(shard_paths)} shards cannot feed {num_replicas} ranks: write more shards"
-            )
-        self.shard_paths = [os.fspath(p) for p in shard_paths]
-        self.crop, self.augmenter, self.sample_rate = crop, augmenter, int(sample_rate)
-        self.speaker_to_index = dict(speaker_to_index or {})
-        self.return_clean, self.seed, self.epoch = return_clean, int(seed), 0
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-        self.shuffle_shards, self.shuffle_buffer = shuffle_shards, int(shuffle_buffer)
-        self.reader = reader or _default_shard_reader
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def shards_for(self, rank: int, worker_id: int = 0, num_workers: int = 1) -> list[str]:
-        """Shards read this epoch by loader worker ``worker_id`` of ``num_workers`` on ``rank``."""
-        order = list(self.shard_paths)
-        if self.shuffle_shards:
-            permutation = np.random.default_rng([self.seed, self.epoch]).permutation(len(order))
-            order = [order[k] for k in permutation]
-        return order[rank * num_workers + worker_id :: self.num_replicas * num_workers]
-
-    def _item(self, utt_id: str, speaker: str, wave: np.ndarray, rate: int) -> dict[str, Any]:
-        key = zlib.crc32(utt_id.encode())
-        rng = np.random.default_rng([self.seed, self.epoch, key])
-        factor = self.augmenter.draw_speed(rng) if self.augmenter else 1.0
-        wave = resample_poly(to_mono(np.asarray(wave, dtype=np.float32)), rate, self.sample_rate)
-        contiguous_rng = np.random.default_rng([self.seed, key, _CONTIGUOUS_STREAM])
-        clean = _prepare_wave(
-            wave, self.crop, self.sample_rate, factor, rng, contiguous_rng, self.epoch
-        )
-        augmented = self.augmenter(clean, rng, speaker) if self.augmenter else clean
-        label = int(self.speaker_to_index.get(speaker, -1))
-        item: dict[str, Any] = {"wave": augmented, "index": -1, "utt_id": utt_id}
-        factors = self.augmenter.config.speed_factors if self.augmenter else ()
-        if factors:
-            num_speakers = max(self.speaker_to_index.values(), default=-1) + 1
-            label = speed_perturbed_label(label, factor, factors, num_speakers)
-            item["speed"] = factor
-        item["label"] = label
-        if self.return_clean:
-            item["clean"] = clean
-        return item
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = get_worker_info()
-        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        shards = self.shards_for(self.rank, worker_id, num_workers)
-        items = (self._item(*sample) for sample in self.reader(shards))
-        if self.shuffle_buffer <= 0:
-            yield from items
-            return
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
-        buffer: list[dict[str, Any]] = []
-        for item in items:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(item)
-                continue
-            slot = int(rng.integers(0, len(buffer)))
-            yield buffer[slot]
-            buffer[slot] = item
-        for slot in rng.permutation(len(buffer)):
-            yield buffer[slot]

@@ -1,0 +1,105 @@
+"""Training loader factories: the manifest's balanced batches and the WebDataset shard stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from sv_kedro.corpus.shards import ShardError, write_webdataset_shards
+from sv_kedro.systems.loaders import build_loader
+from sv_kedro.training.task import LoaderRequest
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def training_set(tmp_path_factory) -> tuple[Path, Path, pd.DataFrame]:
+    """24 utterances of 6 speakers, their manifest (parquet) and 6 shards of 4."""
+    root = tmp_path_factory.mktemp("training_set")
+    rng = np.random.default_rng(1)
+    rows = []
+    for u in range(24):
+        speaker = f"spk{u % 6}"
+        path = root / "raw" / speaker / f"utt{u:02d}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames = int(rng.integers(4000, 8000))
+        sf.write(path, (0.2 * rng.standard_normal(frames)).clip(-1, 1), RATE)
+        rows.append(
+            {
+                "utt_id": f"{speaker}/utt{u:02d}.flac",
+                "speaker": speaker,
+                "path": str(path),
+                "num_frames": frames,
+                "sample_rate": RATE,
+                "speaker_index": u % 6,
+            }
+        )
+    manifest = pd.DataFrame(rows)
+    manifest_path = root / "train.parquet"
+    manifest.to_parquet(manifest_path, index=False)
+    write_webdataset_shards(manifest, root / "shards", utterances_per_shard=4, seed=0)
+    return manifest_path, root / "shards", manifest
+
+
+def _config(training_set, **extra) -> dict:
+    manifest_path, shards, _ = training_set
+    config = {
+        "manifest_path": str(manifest_path),
+        "batch_size": 3,
+        "crop_seconds": 0.2,
+        "seed": 5,
+        "shard_dir": str(shards),
+        "shuffle_buffer": 4,
+    }
+    return {**config, **extra}
+
+
+def test_shard_batches_carry_the_manifests_labels_and_rows(training_set):
+    manifest = training_set[2]
+    factory = build_loader(_config(training_set))
+    assert factory.num_classes == 6
+    loader = factory(LoaderRequest(epoch=2, start_batch=0, rank=0, world_size=1, seed=5))
+    batches = list(loader)
+    assert len(batches) == len(loader) == 8  # 24 utterances in full batches of 3
+    rows = manifest.set_index("utt_id")
+    seen = [u for b in batches for u in b["utt_ids"]]
+    assert sorted(seen) == sorted(manifest["utt_id"])
+    for batch in batches:
+        assert batch["waves"].shape == (3, int(0.2 * RATE))
+        assert batch["labels"].tolist() == rows.loc[batch["utt_ids"], "speaker_index"].tolist()
+        row_numbers = [manifest.index[manifest.utt_id == u][0] for u in batch["utt_ids"]]
+        assert batch["indices"].tolist() == row_numbers
+
+
+def test_ranks_share_an_epoch_and_a_resumed_call_continues_it(training_set):
+    factory = build_loader(_config(training_set, num_workers=2))
+    epochs = []
+    for rank in range(2):
+        request = LoaderRequest(epoch=1, start_batch=0, rank=rank, world_size=2, seed=5)
+        loader = factory(request)
+        epochs.append([b["utt_ids"] for b in loader])
+        assert len(epochs[-1]) == len(loader)
+    assert not {u for b in epochs[0] for u in b} & {u for b in epochs[1] for u in b}
+    # 3 shards of 4 per rank; its workers read 2 and 1 of them: 2 + 1 full batches.
+    assert len(epochs[0]) == len(epochs[1]) == 3
+    for start in (1, 2, 3):
+        resumed = factory(LoaderRequest(epoch=1, start_batch=start, rank=0, world_size=2, seed=5))
+        assert len(resumed) == 3 - start
+        assert [b["utt_ids"] for b in resumed] == epochs[0][start:]
+
+
+def test_shard_settings_that_cannot_work_are_refused(training_set):
+    for key in ("pairs", "utts_per_speaker_cap"):
+        with pytest.raises(ValueError, match=rf"data\.{key} .* needs the manifest's random access"):
+            build_loader(_config(training_set, **{key: 2}))
+    with pytest.raises(ValueError, match=r"shards are 16000 Hz, data\.sample_rate is 8000"):
+        build_loader(_config(training_set, sample_rate=8000))
+    manifest_path, _, manifest = training_set
+    fewer = manifest_path.with_name("fewer.parquet")
+    manifest.iloc[:20].to_parquet(fewer, index=False)
+    with pytest.raises(ShardError, match="hold 24 utterances, the training manifest 20"):
+        build_loader(_config(training_set, manifest_path=str(fewer)))
