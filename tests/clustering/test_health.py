@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from sklearn.metrics import normalized_mutual_info_score
 
-from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure, health_table
+from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure
 from sv_kedro.clustering.kmeans import ClusteringInputError
 
 
@@ -40,19 +40,10 @@ def test_bad_inputs_are_named() -> None:
         cluster_health([])
 
 
-def test_histogram_figure_and_round_table() -> None:
+def test_histogram_figure() -> None:
     labels = np.repeat(np.arange(50), np.random.default_rng(0).integers(1, 40, 50))
     figure = cluster_size_histogram_figure(labels)
     assert isinstance(figure, Figure)
     (axes,) = figure.axes
     assert sum(patch.get_height() for patch in axes.patches) == 50  # one count per cluster
     assert "50 clusters" in axes.get_title()
-
-    truth = labels // 2
-    rounds = {"round0": cluster_health(labels, truth), "round1": cluster_health(truth, truth)}
-    table = health_table(rounds)
-    assert table["round"].tolist() == ["round0", "round1"]
-    assert table.loc[1, "nmi"] == pytest.approx(1.0) and table.loc[0, "nmi"] < 1.0
-    assert health_table([rounds["round0"]])["round"].tolist() == ["0"]
-    with pytest.raises(ClusteringInputError, match="no health reports"):
-        health_table([])

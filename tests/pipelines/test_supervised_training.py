@@ -474,3 +474,32 @@ def test_a_system_trains_from_webdataset_shards_alone(project_root: Path, tmp_pa
     assert losses[-1] < losses[0]
     checkpoint = load_checkpoint(data / "06_models/ecapa_tdnn/checkpoint.pt")
     assert checkpoint["model_config"]["n_classes"] == train["speaker_index"].max() + 1
+
+
+def test_check_setup_command_dry_runs_systems_and_names_the_broken_one(
+    tiny_project: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from click.testing import CliRunner
+
+    from sv_kedro.cli import cli
+
+    monkeypatch.chdir(tiny_project)
+    runner = CliRunner()
+    systems = ["check-setup", "--systems", "ecapa_tdnn,xvector", "--params"]
+    result = runner.invoke(
+        cli, [*systems, "ecapa_tdnn.data.batch_size=8,xvector.data.batch_size=4"]
+    )
+    assert result.exit_code == 0, result.output
+    # Kedro's own log lines share the output: pick the report lines.
+    lines = [line for line in result.output.splitlines() if line.startswith(("ecapa", "xvector"))]
+    assert len(lines) == 2, result.output
+    assert lines[0].startswith("ecapa_tdnn: ok, ecapa_tdnn,") and "batch 8," in lines[0]
+    assert lines[1].startswith("xvector: ok, xvector,") and "batch 4," in lines[1]
+    # The shipped batch of 32 distinct speakers cannot be filled from 8 training speakers.
+    broken = runner.invoke(cli, [*systems, "xvector.data.batch_size=4"])
+    assert broken.exit_code == 1
+    assert "ecapa_tdnn: FAILED ValueError: batch_size 32 exceeds the 8 speakers" in broken.output
+    assert "xvector: ok" in broken.output  # still checked after the failure
+    assert "1 system(s) failed: ['ecapa_tdnn']" in broken.output
+    unknown = runner.invoke(cli, ["check-setup", "--systems", "resnet"])
+    assert unknown.exit_code == 2 and "unknown system(s) ['resnet']" in unknown.output

@@ -6,7 +6,7 @@ True speaker labels only ever feed this report — never training.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -91,19 +91,3 @@ def cluster_size_histogram_figure(
         f"{title}\n{sizes.size} clusters, median {np.median(sizes):g}, {singletons} singletons"
     )
     return figure
-
-
-def health_table(
-    reports: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, float]],
-) -> pd.DataFrame:
-    """One row per pseudo-labelling round: ``{round_name: cluster_health(...)}`` or a list
-    (rounds numbered from 0). Columns are the union of the reports' keys, ``round`` first."""
-    items = (
-        list(reports.items())
-        if isinstance(reports, Mapping)
-        else [(str(i), report) for i, report in enumerate(reports)]
-    )
-    if not items:
-        raise ClusteringInputError("no health reports given")
-    rows = [{"round": str(name), **dict(report)} for name, report in items]
-    return pd.DataFrame(rows).reset_index(drop=True)

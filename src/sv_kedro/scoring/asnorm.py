@@ -11,23 +11,12 @@ not once per trial, in chunks of utterances: memory is O(chunk x cohort).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import torch
 
 from sv_kedro.scoring.cosine import normalise_embeddings, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
-
-
-@dataclass(frozen=True)
-class CohortStats:
-    """Per-utterance mean and std of its top-N cohort scores, aligned with ``keys``."""
-
-    keys: list[str]
-    mean: np.ndarray
-    std: np.ndarray
 
 
 def speaker_cohort(table: EmbeddingTable, speakers: pd.Series | dict[str, str]) -> np.ndarray:

@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,13 +296,6 @@ def run_sweep(
         else:
             outcomes += execute_local(pending, spec.isolation)
     return sweep_dir, outcomes
-
-
-def outcomes_frame(outcomes: Sequence[RunOutcome]) -> Any:
-    """Outcomes as a DataFrame (for logs and the CLI summary)."""
-    import pandas as pd
-
-    return pd.DataFrame([asdict(o) for o in outcomes])
 
 
 if __name__ == "__main__":

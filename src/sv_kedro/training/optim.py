@@ -125,11 +125,3 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=default_lr, momentum=momentum, nesterov=nesterov)
     raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
-
-
-def group_learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Current LR per named group (``group<i>`` when a group has no name)."""
-    return {
-        str(group.get("name", f"group{i}")): float(group["lr"])
-        for i, group in enumerate(optimizer.param_groups)
-    }
