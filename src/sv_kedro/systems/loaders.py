@@ -27,7 +27,8 @@ per epoch with a ``LoaderRequest`` (epoch, resume position, rank, world size). C
 
 With ``shard_dir`` the items come from the WebDataset shards of the training manifest
 (``corpus.shards``; checked to hold exactly this manifest) in random batches read shard by
-shard; speaker-balanced batches and pairs need random access and stay with the manifest.
+shard; speaker-balanced batches and pairs need random access and stay with the manifest
+(babble augmentation still draws its other speakers from the manifest's files).
 """
 
 from __future__ import annotations
