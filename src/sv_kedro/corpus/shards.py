@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,16 +262,53 @@ def iter_webdataset_shards(
 
 
 class ShardRecord:
-    """One sample of a shard, still encoded: ``decode()`` gives ``(utt_id, speaker, wave,
-    rate)``. Readers that skip samples (a resumed epoch) never pay for their decoding."""
+    """One sample of a shard, still encoded. ``metadata()`` parses its JSON only;
+    ``decode(window)`` decodes its FLAC, all of it or only the frames ``window`` picks.
+    Readers that skip samples (a resumed epoch) never pay for their decoding."""
 
-    __slots__ = ("key", "parts", "shard")
+    __slots__ = ("_meta", "key", "parts", "shard")
 
     def __init__(self, shard: Path, key: str, parts: dict[str, bytes]) -> None:
         self.shard, self.key, self.parts = shard, key, parts
+        self._meta: dict[str, Any] | None = None
 
-    def decode(self) -> tuple[str, str, np.ndarray, int]:
-        return _decode_sample(self.shard, self.key, self.parts)
+    def _error(self, message: str) -> ShardError:
+        return ShardError(f"{self.shard}: sample {self.key!r} {message}")
+
+    def metadata(self) -> dict[str, Any]:
+        """The sample's JSON (``utt_id``, ``speaker``, ``sample_rate``, ...), checked."""
+        if self._meta is None:
+            try:
+                meta = json.loads(self.parts["json"])
+            except Exception as exc:
+                raise self._error(f"cannot be decoded ({exc})") from exc
+            missing = [field for field in ("utt_id", "speaker", "sample_rate") if field not in meta]
+            if missing:
+                raise self._error(f"metadata lacks {missing}")
+            self._meta = meta
+        return self._meta
+
+    def decode(
+        self, window: Callable[[int], tuple[int, int]] | None = None
+    ) -> tuple[str, str, np.ndarray, int]:
+        """``(utt_id, speaker, waveform float32 [time], sample_rate)``.
+
+        ``window(num_frames) -> (offset, frames)`` picks the frames to decode (FLAC seeks,
+        so a 3-s crop of a 20-s utterance decodes 3 s); ``None`` decodes all of them.
+        """
+        meta = self.metadata()
+        try:
+            with sf.SoundFile(io.BytesIO(self.parts["flac"])) as handle:
+                rate = handle.samplerate
+                offset, frames = window(handle.frames) if window is not None else (0, -1)
+                if offset:
+                    handle.seek(offset)
+                wave = handle.read(frames=frames, dtype="float32", always_2d=False)
+        except Exception as exc:
+            raise self._error(f"cannot be decoded ({exc})") from exc
+        if int(meta["sample_rate"]) != int(rate):
+            raise self._error(f"says {meta['sample_rate']} Hz but its audio is {rate} Hz")
+        return str(meta["utt_id"]), str(meta["speaker"]), np.ascontiguousarray(wave), int(rate)
 
 
 def iter_shard_records(path: str | os.PathLike[str]) -> Iterator[ShardRecord]:
@@ -300,21 +337,3 @@ def iter_shard_records(path: str | os.PathLike[str]) -> Iterator[ShardRecord]:
         raise ShardError(
             f"{shard}: sample {key!r} is incomplete (has {sorted(parts)}, needs flac and json)"
         )
-
-
-def _decode_sample(
-    shard: Path, key: str, parts: dict[str, bytes]
-) -> tuple[str, str, np.ndarray, int]:
-    try:
-        meta = json.loads(parts["json"])
-        wave, rate = sf.read(io.BytesIO(parts["flac"]), dtype="float32", always_2d=False)
-    except Exception as exc:
-        raise ShardError(f"{shard}: sample {key!r} cannot be decoded ({exc})") from exc
-    missing = [field for field in ("utt_id", "speaker", "sample_rate") if field not in meta]
-    if missing:
-        raise ShardError(f"{shard}: sample {key!r} metadata lacks {missing}")
-    if int(meta["sample_rate"]) != int(rate):
-        raise ShardError(
-            f"{shard}: sample {key!r} says {meta['sample_rate']} Hz but its audio is {rate} Hz"
-        )
-    return str(meta["utt_id"]), str(meta["speaker"]), np.ascontiguousarray(wave), int(rate)

@@ -15,6 +15,7 @@ dropping out when it runs dry).
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from sv_kedro.audio.augmentation import Augmenter, speed_perturbed_label
-from sv_kedro.audio.crops import CropSpec
+from sv_kedro.audio.augmentation import Augmenter, speed_perturb, speed_perturbed_label
+from sv_kedro.audio.crops import CropSpec, crop_window, wrap_pad
 from sv_kedro.audio.io import to_mono
 from sv_kedro.audio.rir import resample_poly
 from sv_kedro.corpus.shards import ShardError, ShardRecord, iter_shard_records
@@ -153,15 +154,40 @@ class ShardDataset(IterableDataset):
         shards = self.shards_for(self.rank, worker_id, num_workers)
         return sum(self.shard_counts[s] for s in shards)
 
-    def _item(self, utt_id: str, speaker: str, wave: np.ndarray, rate: int) -> dict[str, Any]:
+    def _clean_wave(
+        self, record: ShardRecord, factor: float, rng: np.random.Generator, key: int
+    ) -> tuple[str, np.ndarray]:
+        """``(speaker, the un-augmented crop)``: as ``SpeakerDataset`` cuts it from a file.
+
+        With a crop and a shard at ``sample_rate``, only the crop's frames are decoded;
+        the values are those of cropping the whole decoded utterance.
+        """
+        contiguous_rng = np.random.default_rng([self.seed, key, _CONTIGUOUS_STREAM])
+        rate = int(record.metadata()["sample_rate"])
+        if self.crop is None or rate != self.sample_rate:
+            _, speaker, wave, rate = record.decode()
+            wave = resample_poly(
+                to_mono(np.asarray(wave, dtype=np.float32)), rate, self.sample_rate
+            )
+            return speaker, _prepare_wave(
+                wave, self.crop, self.sample_rate, factor, rng, contiguous_rng, self.epoch
+            )
+        target = self.crop.frames(self.sample_rate)
+        need = math.ceil(target * factor)
+        crop_rng = contiguous_rng if self.crop.mode == "random_contiguous" else rng
+        mode, epoch = self.crop.mode, self.epoch
+        _, speaker, wave, _ = record.decode(
+            lambda frames: crop_window(frames, need, mode, crop_rng, epoch)
+        )
+        cropped = wrap_pad(to_mono(np.asarray(wave, dtype=np.float32)), need)
+        return speaker, wrap_pad(speed_perturb(cropped, factor), target)
+
+    def _item(self, record: ShardRecord) -> dict[str, Any]:
+        utt_id = str(record.metadata()["utt_id"])
         key = zlib.crc32(utt_id.encode())
         rng = np.random.default_rng([self.seed, self.epoch, key])
         factor = self.augmenter.draw_speed(rng) if self.augmenter else 1.0
-        wave = resample_poly(to_mono(np.asarray(wave, dtype=np.float32)), rate, self.sample_rate)
-        contiguous_rng = np.random.default_rng([self.seed, key, _CONTIGUOUS_STREAM])
-        clean = _prepare_wave(
-            wave, self.crop, self.sample_rate, factor, rng, contiguous_rng, self.epoch
-        )
+        speaker, clean = self._clean_wave(record, factor, rng, key)
         augmented = self.augmenter(clean, rng, speaker) if self.augmenter else clean
         label = int(self.speaker_to_index.get(speaker, -1))
         index = int(self.utt_to_index.get(utt_id, -1))
@@ -217,7 +243,7 @@ class ShardDataset(IterableDataset):
         for record in islice(records, skip, None):
             if record is None:  # cannot happen: placeholders stand only for skipped positions
                 raise RuntimeError(f"stream {stream}: a skipped sample reached the loader")
-            yield self._item(*record.decode())
+            yield self._item(record)
 
 
 def worker_batches(dataset: ShardDataset, num_workers: int, batch_size: int) -> list[int]:

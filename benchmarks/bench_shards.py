@@ -1,0 +1,129 @@
+"""Training reads: WebDataset shards (``data.shard_dir``) against the manifest's files.
+
+Both sides yield batches of 3-s random crops of the same real speech (speechocean762 +
+LibriSpeech cohort from ``/work/shared/data``, FLAC files) through a torch ``DataLoader``
+with batch 32, in random order, with no augmentation, so only reading and decoding differ:
+
+- files (baseline): ``SpeakerDataset`` over the manifest, shuffled; each item seeks into
+  its own file and decodes the crop only;
+- shards: ``ShardDataset`` over the shards written from the same manifest (1,000
+  utterances per shard by default), each worker streaming whole tar files front to back
+  through a shuffle buffer of 1,000 encoded samples and decoding each utterance whole.
+
+Before every pass the page cache is dropped when the process may (root on Linux), so each
+pass reads from the disk as a first epoch of a corpus larger than memory would; otherwise
+the passes are warm and the script says so. Sides take turns; medians are reported.
+
+Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3]``.
+Skips (exit 0) with a message when the shared data folder is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from sv_kedro.audio.crops import CropSpec
+from sv_kedro.corpus.folder_source import scan_folder_roots
+from sv_kedro.corpus.shards import read_shard_index, write_webdataset_shards
+from sv_kedro.training.data import SpeakerDataset, collate_padded
+from sv_kedro.training.shard_data import ShardDataset
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPEECH_CORPORA = ("speechocean762_train", "librispeech_cohort")
+
+
+def drop_page_cache() -> bool:
+    """Empty the page cache (needs root); False where not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def measure(dataset, workers: int, batch_size: int, shuffle: bool) -> tuple[float, bool]:
+    """(utterances per second over one pass, whether the cache was dropped first)."""
+    cold = drop_page_cache()
+    start = time.perf_counter()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_padded,
+    )
+    count = sum(batch["waves"].shape[0] for batch in loader)
+    return count / (time.perf_counter() - start), cold
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 0])
+    parser.add_argument("--crop-seconds", type=float, default=3.0)
+    parser.add_argument("--utterances-per-shard", type=int, default=1000)
+    parser.add_argument("--shuffle-buffer", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3, help="passes per side (medians)")
+    args = parser.parse_args(argv)
+    if not (args.data / SPEECH_CORPORA[0]).is_dir():
+        print(f"SKIP: {args.data} (real speech for benchmarks) is absent")
+        return 0
+    torch.set_num_threads(1)
+    manifest = scan_folder_roots([args.data / c for c in SPEECH_CORPORA], progress=False)
+    codes = {s: k for k, s in enumerate(sorted(manifest["speaker"].unique()))}
+    manifest = manifest.assign(speaker_index=manifest["speaker"].map(codes))
+    crop = CropSpec("random", args.crop_seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        write_webdataset_shards(manifest, tmp, args.utterances_per_shard, seed=0)
+        written_s = time.perf_counter() - started
+        index = read_shard_index(tmp)
+        counts = {str(Path(tmp) / e["name"]): e["count"] for e in index["shards"]}
+        files = SpeakerDataset(manifest, crop, seed=0)
+        shards = ShardDataset(
+            list(counts),
+            crop,
+            speaker_to_index=dict(zip(manifest["speaker"], manifest["speaker_index"], strict=True)),
+            seed=0,
+            num_replicas=1,
+            rank=0,
+            shuffle_buffer=args.shuffle_buffer,
+            shard_counts=counts,
+        )
+        source_mb = manifest["path"].map(os.path.getsize).sum() / 1e6
+        shard_mb = sum(e["bytes"] for e in index["shards"]) / 1e6
+        print(
+            f"{len(manifest)} utterances ({manifest['duration'].sum() / 3600:.2f} h, "
+            f"{source_mb:.0f} MB of files) -> {len(counts)} shards ({shard_mb:.0f} MB) written "
+            f"in {written_s:.1f} s; {args.crop_seconds:g}-s crops, batch {args.batch_size}"
+        )
+        print(f"{'workers':>7} {'shards utt/s':>13} {'files utt/s':>12} {'ratio':>7}  cache")
+        for workers in args.workers:
+            shard_rates, file_rates, colds = [], [], []
+            for turn in range(args.repeats):
+                shards.set_epoch(turn)
+                rate, cold = measure(shards, workers, args.batch_size, shuffle=False)
+                shard_rates.append(rate)
+                files.set_epoch(turn)
+                base, cold_too = measure(files, workers, args.batch_size, shuffle=True)
+                file_rates.append(base)
+                colds.append(cold and cold_too)
+            rate, base = float(np.median(shard_rates)), float(np.median(file_rates))
+            cache = "dropped before each pass" if all(colds) else "warm (cannot drop)"
+            print(f"{workers:>7} {rate:>13.1f} {base:>12.1f} {rate / base:>6.2f}x  {cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
