@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from sv_kedro.audio.io import write_audio
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.extraction import (
     ExtractionConfig,
+    embed_rank_share,
     extract_embeddings,
     model_fingerprint,
     unique_crop_rows,
@@ -106,6 +109,29 @@ def test_cache_fingerprint_sees_a_change_anywhere_in_the_weights(manifest):
     assert first == model_fingerprint(bf16, manifest, config)
     weight[-2:] = torch.tensor([0.25, 0.5])
     assert model_fingerprint(bf16, manifest, config) != first
+
+
+def test_cache_fingerprint_ignores_where_batches_run_but_not_how_they_are_cut(manifest, model):
+    config = ExtractionConfig(n_crops=2, device="cpu")
+    first = model_fingerprint(model, manifest, config)
+    # Workers on other GPUs (or more loader processes) must write to the same cache...
+    assert model_fingerprint(model, manifest, replace(config, device="cuda:3")) == first
+    assert model_fingerprint(model, manifest, replace(config, num_workers=4)) == first
+    # ...but other batches are other cache parts, and other crops other vectors.
+    assert model_fingerprint(model, manifest, replace(config, max_batch_seconds=8.0)) != first
+    assert model_fingerprint(model, manifest, replace(config, n_crops=3)) != first
+
+
+def test_a_rank_share_leaves_the_other_batches_to_the_other_ranks(manifest, model, tmp_path):
+    config = ExtractionConfig(n_crops=2, crop_seconds=0.5, max_batch_size=1, device="cpu")
+    assert embed_rank_share(model, manifest, config, tmp_path, rank=1, world_size=2) == 3
+    with pytest.raises(RuntimeError, match="3 utterance\\(s\\) were not embedded"):
+        extract_embeddings(model, manifest, config, tmp_path, rank=1, world_size=2)
+    merged = extract_embeddings(model, manifest, config, tmp_path, rank=0, world_size=2)
+    alone = extract_embeddings(model, manifest, config, progress=False)
+    np.testing.assert_allclose(merged.full.vectors, alone.full.vectors, atol=1e-6)
+    with pytest.raises(ValueError, match="give cache_dir"):
+        embed_rank_share(model, manifest, config, None, rank=0, world_size=2)
 
 
 def test_unique_crop_rows_keeps_one_crop_per_utterance_and_offset():

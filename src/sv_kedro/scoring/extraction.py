@@ -68,8 +68,14 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Where and with how many loader processes a batch is embedded does not change what is
+# embedded, so workers on different GPUs (and a re-run on another device) share one cache.
+_NOT_FINGERPRINTED = ("device", "num_workers")
+
+
 def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: ExtractionConfig) -> str:
-    """A digest of every byte of the weights, the utterance list and the extraction settings.
+    """A digest of every byte of the weights, the utterance list and the extraction settings
+    (all but ``device`` and ``num_workers``).
 
     All bytes, not a sample of them: a resumed extraction must never reuse embeddings of a
     model that differs anywhere (SHA-1 costs ~0.7 s per GB of weights here).
@@ -77,7 +83,8 @@ def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: Extracti
     digest = hashlib.sha1()
     state_digest(model.state_dict(), digest)
     digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
-    digest.update(json.dumps(asdict(config), sort_keys=True).encode())
+    settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -146,25 +153,19 @@ def _load_parts(cache: Path) -> Iterator[dict[str, np.ndarray]]:
             yield {key: data[key] for key in data.files}
 
 
-def extract_embeddings(
+def _plan(
     model: nn.Module,
     manifest: pd.DataFrame,
-    config: ExtractionConfig | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = True,
-) -> ExtractedEmbeddings:
-    """Embed every utterance of ``manifest`` (columns ``utt_id``, ``path``, ``duration``).
-
-    Returns tables keyed by ``utt_id`` in manifest order. ``model`` must provide
-    ``embed(waves [B, T], lengths [B] | None) -> [B, E]``.
-    """
-    config = config or ExtractionConfig()
+    config: ExtractionConfig,
+    cache_dir: str | os.PathLike[str] | None,
+    rank: int,
+    world_size: int,
+) -> tuple[EvaluationDataset, Path | None, list[tuple[int, list[int]]]]:
+    """The dataset, the cache folder and this rank's unfinished ``(number, batch)`` list."""
     if manifest.empty:
         raise ValueError("extract_embeddings: the manifest is empty")
-    device = _device(config.device)
-    model = model.to(device)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
     dataset = EvaluationDataset(
         manifest, config.n_crops, config.crop_seconds, config.max_seconds, config.sample_rate
     )
@@ -184,15 +185,27 @@ def extract_embeddings(
         log.info(
             "Resuming extraction: %d of %d utterances already embedded", len(done), len(dataset)
         )
+    return dataset, cache, mine
+
+
+def _embed_batches(
+    model: nn.Module,
+    dataset: EvaluationDataset,
+    mine: list[tuple[int, list[int]]],
+    config: ExtractionConfig,
+    cache: Path | None,
+    progress: bool,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Embed ``mine``, writing each batch to ``cache`` as it completes; yields
+    ``(indices, full, crops)`` per batch."""
+    device = _device(config.device)
+    model = model.to(device)
     loader = DataLoader(
         dataset,
         batch_sampler=[batch for _, batch in mine],
         collate_fn=collate_evaluation,
         num_workers=config.num_workers,
     )
-    n_utts = len(dataset)
-    full_rows: dict[int, np.ndarray] = {}
-    crop_rows: dict[int, np.ndarray] = {}
     bar = tqdm(
         total=sum(len(b) for _, b in mine), desc="embedding", disable=not progress, unit="utt"
     )
@@ -206,12 +219,58 @@ def extract_embeddings(
             with atomic_write_path(cache / f"part-{number:07d}.npz") as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez(handle, **arrays)
+        bar.update(len(indices))
+        yield indices, full, crops
+    bar.close()
+
+
+def embed_rank_share(
+    model: nn.Module,
+    manifest: pd.DataFrame,
+    config: ExtractionConfig,
+    cache_dir: str | os.PathLike[str],
+    rank: int,
+    world_size: int,
+    progress: bool = True,
+) -> int:
+    """Embed rank ``rank``'s share of the batches (every ``world_size``-th) into ``cache_dir``.
+
+    What a worker of a multi-process extraction runs; it merges nothing, so no rank waits
+    for another. Batches already in the cache are skipped. Returns the utterances embedded.
+    """
+    if cache_dir is None:
+        raise ValueError("embed_rank_share writes to a cache folder: give cache_dir")
+    dataset, cache, mine = _plan(model, manifest, config, cache_dir, rank, world_size)
+    batches = _embed_batches(model, dataset, mine, config, cache, progress)
+    return sum(len(indices) for indices, _, _ in batches)
+
+
+def extract_embeddings(
+    model: nn.Module,
+    manifest: pd.DataFrame,
+    config: ExtractionConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> ExtractedEmbeddings:
+    """Embed every utterance of ``manifest`` (columns ``utt_id``, ``path``, ``duration``).
+
+    Returns tables keyed by ``utt_id`` in manifest order. ``model`` must provide
+    ``embed(waves [B, T], lengths [B] | None) -> [B, E]``. With ``world_size > 1`` this rank
+    embeds its share and the rest must already be in ``cache_dir`` (see
+    :func:`embed_rank_share` and ``scoring.extraction_launch``).
+    """
+    config = config or ExtractionConfig()
+    dataset, cache, mine = _plan(model, manifest, config, cache_dir, rank, world_size)
+    n_utts = len(dataset)
+    full_rows: dict[int, np.ndarray] = {}
+    crop_rows: dict[int, np.ndarray] = {}
+    for indices, full, crops in _embed_batches(model, dataset, mine, config, cache, progress):
         for row, index in enumerate(indices):
             full_rows[int(index)] = full[row]
             if crops is not None:
                 crop_rows[int(index)] = crops[row]
-        bar.update(len(indices))
-    bar.close()
     if cache is not None:
         for part in _load_parts(cache):
             for row, index in enumerate(part["indices"]):

@@ -14,7 +14,7 @@ from sv_kedro.api import model_from_checkpoint
 from sv_kedro.scoring.asnorm import as_norm_scores, speaker_cohort
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingTable
-from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
+from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.pair_scoring import score_pairs_batched
 from sv_kedro.scoring.plda import lda_plda_pipeline_fit, plda_scores
@@ -27,18 +27,11 @@ PAIR_BACKEND = "pair"
 PAIRED_ARCHITECTURE = "ssl_paired"
 
 
-def _extraction_config(params: Mapping[str, Any]) -> tuple[ExtractionConfig, str | None]:
-    options = dict(params)
-    cache_dir = options.pop("cache_dir", None)
-    return ExtractionConfig(**options), cache_dir
-
-
 def embed_test_utterances(
     checkpoint: dict[str, Any], test_manifest: pd.DataFrame, extraction: dict[str, Any]
 ) -> tuple[EmbeddingTable, EmbeddingTable]:
     """Full-utterance and mean-crop embeddings of every test utterance."""
-    config, cache_dir = _extraction_config(extraction)
-    result = extract_embeddings(model_from_checkpoint(checkpoint), test_manifest, config, cache_dir)
+    result = extract_from_checkpoint(checkpoint, test_manifest, extraction)
     if result.crops is None:
         raise ValueError("evaluation.extraction.n_crops must be >= 1 (crop and fused scores)")
     return result.full, result.crops
@@ -59,8 +52,7 @@ def embed_cohort_utterances(
         .head(per_speaker)
         .reset_index(drop=True)
     )
-    config, cache_dir = _extraction_config({**extraction, "n_crops": 0})
-    return extract_embeddings(model_from_checkpoint(checkpoint), subset, config, cache_dir).full
+    return extract_from_checkpoint(checkpoint, subset, {**extraction, "n_crops": 0}).full
 
 
 def _trial_sets(

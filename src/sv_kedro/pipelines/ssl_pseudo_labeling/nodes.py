@@ -21,14 +21,13 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from sv_kedro.api import model_from_checkpoint
 from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure
 from sv_kedro.clustering.prototypes import restart_classifier
 from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels, pseudo_label_frame
 from sv_kedro.models.dino import encoder_checkpoint_payload
 from sv_kedro.models.factory import ARCHITECTURE_SECTIONS
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
-from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
+from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.systems.dino import train_dino
 from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.runner import train_speaker_system
@@ -119,11 +118,8 @@ def embed_training_utterances(
 ) -> EmbeddingTable:
     """Full-utterance embeddings of every training utterance (the clustering input)."""
     _set_threads(run)
-    options = dict(extraction)
-    cache_dir = options.pop("cache_dir", None)
-    model = model_from_checkpoint(checkpoint)
     audio = train_manifest[[c for c in AUDIO_COLUMNS if c in train_manifest]]
-    return extract_embeddings(model, audio, ExtractionConfig(**options), cache_dir).full
+    return extract_from_checkpoint(checkpoint, audio, extraction).full
 
 
 def validate_embeddings(
