@@ -145,3 +145,44 @@ def test_judge_on_arabic_speech_commands(
     assert manifest["speaker"].nunique() == 30 and len(manifest) == 1200
     assert metrics["fusion"]["n_trials"] == 1200 * 3
     assert 0.0 < metrics["fusion"]["eer"] < 0.6
+
+
+def test_cosine_backend_options_centre_on_the_cohort_and_drop_the_norm():
+    from sv_kedro.pipelines.evaluation.nodes import score_trial_sets
+    from sv_kedro.scoring.embedding_table import EmbeddingTable
+
+    rng = np.random.default_rng(0)
+    keys = [f"spk{k % 3}/u{k}" for k in range(9)]
+    offset = 3.0 * np.ones(8, dtype=np.float32)  # a shared offset that centring removes
+    full = EmbeddingTable(keys, (rng.standard_normal((9, 8)) + offset).astype(np.float32))
+    crops = EmbeddingTable(keys, rng.standard_normal((9, 8)).astype(np.float32))
+    cohort_keys = [f"train{k}" for k in range(12)]
+    cohort = EmbeddingTable(cohort_keys, (rng.standard_normal((12, 8)) + offset).astype(np.float32))
+    train = pd.DataFrame({"utt_id": cohort_keys, "speaker": [f"t{k % 4}" for k in range(12)]})
+    pairs = [(a, b) for a in range(9) for b in range(a + 1, 9)]
+    trials = pd.DataFrame(
+        {
+            "label": [int(a % 3 == b % 3) for a, b in pairs],
+            "enrol": [keys[a] for a, _ in pairs],
+            "test": [keys[b] for _, b in pairs],
+        }
+    )
+
+    def scores(cosine: dict) -> pd.DataFrame:
+        scoring = {"backends": ["cosine", "fusion"], "cosine": cosine}
+        frame, _, _ = score_trial_sets(full, crops, cohort, train, trials, None, scoring)
+        return frame
+
+    plain, centred, dot = scores({}), scores({"mean_centre": True}), scores({"length_norm": False})
+    a = full.vectors[[keys.index(k) for k in trials.enrol]].astype(np.float64)
+    b = full.vectors[[keys.index(k) for k in trials.test]].astype(np.float64)
+    mean = cohort.vectors.astype(np.float64).mean(axis=0)
+    ca, cb = a - mean, b - mean
+    expected = (ca * cb).sum(1) / np.linalg.norm(ca, axis=1) / np.linalg.norm(cb, axis=1)
+    np.testing.assert_allclose(centred["cosine"], expected, atol=1e-5)
+    assert np.abs(centred["cosine"] - plain["cosine"]).max() > 0.3  # the offset mattered
+    np.testing.assert_allclose(dot["cosine"], (a * b).sum(1), rtol=1e-5)
+    # Fusion keeps the paper's plain cosine whatever the cosine back-end does.
+    np.testing.assert_array_equal(centred["fusion"], plain["fusion"])
+    with pytest.raises(ValueError, match=r"scoring\.cosine: unknown key\(s\) \['whiten'\]"):
+        scores({"whiten": True})

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("cosine", "cosine_crops", "fusion", "asnorm", "plda")
 PAIR_BACKEND = "pair"
 PAIRED_ARCHITECTURE = "ssl_paired"
+COSINE_DEFAULTS: dict[str, bool] = {"mean_centre": False, "length_norm": True}
 
 
 def embed_test_utterances(
@@ -78,11 +79,15 @@ def _backend_scores(
     unknown = sorted(set(wanted) - set(BACKENDS))
     if unknown:
         raise ValueError(f"evaluation.scoring.backends: unknown {unknown}; choose from {BACKENDS}")
-    scores: dict[str, np.ndarray] = {"cosine": cosine_scores(full, trials)}
+    plain = cosine_scores(full, trials)
+    scores: dict[str, np.ndarray] = {
+        "cosine": _cosine_backend(full, trials, cohort, scoring, plain)
+    }
     enrol, test = trial_rows(crops, trials)
     # Crop vectors are means of unit vectors: their dot product is the mean crop-pair cosine.
     scores["cosine_crops"] = paired_dot(crops.vectors, crops.vectors, enrol, test)
-    scores["fusion"] = fuse_scores([scores["cosine"], scores["cosine_crops"]])
+    # The paper's fusion (and AS-norm on it) keeps the plain cosine of the full vectors.
+    scores["fusion"] = fuse_scores([plain, scores["cosine_crops"]])
     speakers = train_manifest.set_index("utt_id")["speaker"].astype(str)
     if "asnorm" in wanted:
         cohort_vectors = speaker_cohort(cohort, speakers)
@@ -99,6 +104,33 @@ def _backend_scores(
         lda, plda = lda_plda_pipeline_fit(np.asarray(cohort.vectors), labels, lda_dim)
         scores["plda"] = plda_scores(full, trials, lda, plda)
     return {name: scores[name] for name in wanted}
+
+
+def _cosine_backend(
+    full: EmbeddingTable,
+    trials: pd.DataFrame,
+    cohort: EmbeddingTable,
+    scoring: Mapping[str, Any],
+    plain: np.ndarray,
+) -> np.ndarray:
+    """The ``cosine`` back-end with ``scoring.cosine``'s options: ``mean_centre`` subtracts
+    the mean of the cohort (training) embeddings first; ``length_norm: false`` scores the
+    plain dot product. ``plain`` is the default (uncentred cosine), already computed."""
+    options = dict(scoring.get("cosine") or {})
+    unknown = sorted(set(options) - set(COSINE_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"evaluation.scoring.cosine: unknown key(s) {unknown}; allowed {list(COSINE_DEFAULTS)}"
+        )
+    options = {**COSINE_DEFAULTS, **options}
+    if not options["mean_centre"] and options["length_norm"]:
+        return plain
+    mean = (
+        np.asarray(cohort.vectors, dtype=np.float64).mean(axis=0)
+        if options["mean_centre"]
+        else None
+    )
+    return cosine_scores(full, trials, mean=mean, length_norm=bool(options["length_norm"]))
 
 
 def _fused_table(full: EmbeddingTable, crops: EmbeddingTable) -> EmbeddingTable:
