@@ -16,13 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from sv_kedro.api import model_from_checkpoint
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.corpus.trials import check_trials_against_manifest, generate_trials
 from sv_kedro.corpus.validation import ValidationPolicy, validate_manifest
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingTable
-from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
+from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.trial_list import read_trial_list
 from sv_kedro.training.checkpoint import load_checkpoint
@@ -79,9 +78,8 @@ def judged_embeddings(
 
         table = EmbeddingsDataset(filepath=str(resolve_path(embeddings))).load()
         return table, None
-    model = model_from_checkpoint(load_checkpoint(resolve_path(checkpoint)))
-    config = ExtractionConfig(**dict(judge.get("extraction") or {}))
-    result = extract_embeddings(model, manifest, config)
+    options = dict(judge.get("extraction") or {})
+    result = extract_from_checkpoint(load_checkpoint(resolve_path(checkpoint)), manifest, options)
     return result.full, result.crops
 
 
