@@ -21,6 +21,7 @@ from sv_kedro.training.data import collate_padded
 from sv_kedro.training.shard_data import (
     ShardDataset,
     resume_skips,
+    shard_epoch_loader,
     shuffle_buffered,
     worker_batches,
 )
@@ -73,19 +74,29 @@ def _dataset(counts, rank=0, replicas=1, buffer=4, **kwargs) -> ShardDataset:
 
 def _epoch(dataset, workers, batch_size, start_batch=0) -> list[tuple[list[str], np.ndarray]]:
     """The batches one rank's loader yields from ``start_batch`` on: (utt_ids, waves)."""
-    per_worker = worker_batches(dataset, workers, batch_size)
-    skips, next_worker = resume_skips(per_worker, start_batch)
-    dataset.set_skip({w: n * batch_size for w, n in skips.items()}, next_worker)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        drop_last=True,
-        collate_fn=collate_padded,
-        num_workers=workers,
-    )
+    loader = shard_epoch_loader(dataset, batch_size, workers, start_batch, collate_padded)
     batches = [(b["utt_ids"], b["waves"].numpy()) for b in loader]
-    assert len(batches) == sum(per_worker) - start_batch
+    assert len(batches) == len(loader)
     return batches
+
+
+class WrappedRecord:
+    """A shard record that logs its decodes into ``decoded`` and, with ``whole``, decodes
+    the whole utterance and cuts the window in NumPy (the reference for partial decoding)."""
+
+    def __init__(self, record, decoded: list[str], whole: bool = False):
+        self.record, self.decoded, self.whole = record, decoded, whole
+
+    def metadata(self):
+        return self.record.metadata()
+
+    def decode(self, window=None):
+        self.decoded.append(self.record.key)
+        if not self.whole or window is None:
+            return self.record.decode(window)
+        utt_id, speaker, wave, rate = self.record.decode()
+        offset, frames = window(len(wave))
+        return utt_id, speaker, wave[offset : offset + frames], rate
 
 
 def test_shards_split_across_ranks_and_workers(sharded):
@@ -144,20 +155,9 @@ def test_resuming_opens_no_finished_shard_and_decodes_no_skipped_sample(sharded)
     opened: list[str] = []
     decoded: list[str] = []
 
-    class CountingRecord:
-        def __init__(self, record):
-            self.record = record
-
-        def metadata(self):
-            return self.record.metadata()
-
-        def decode(self, window=None):
-            decoded.append(self.record.key)
-            return self.record.decode(window)
-
     def reader(path):
         opened.append(path)
-        return (CountingRecord(r) for r in iter_shard_records(path))
+        return (WrappedRecord(r, decoded) for r in iter_shard_records(path))
 
     dataset = _dataset(counts, buffer=0, reader=reader)
     ends = np.cumsum([counts[shard] for shard in dataset.shards_for(0)])
@@ -189,24 +189,14 @@ def test_decoding_only_the_crop_equals_cropping_the_whole_utterance(sharded, mod
     """The crop's frames alone are decoded; items equal those cut from the whole decode."""
     _, counts = sharded
 
-    class WholeRecord:
-        def __init__(self, record):
-            self.record = record
-
-        def metadata(self):
-            return self.record.metadata()
-
-        def decode(self, window=None):
-            utt_id, speaker, wave, rate = self.record.decode()
-            if window is None:
-                return utt_id, speaker, wave, rate
-            offset, frames = window(len(wave))
-            return utt_id, speaker, wave[offset : offset + frames], rate
-
     speed = Augmenter(AugmentationConfig(weights={"none": 1.0}, speed_factors=(0.9, 1.0, 1.1)))
     options = {"buffer": 0, "augmenter": speed, "return_clean": True}
     partial = _dataset(counts, **options)
-    whole = _dataset(counts, **options, reader=lambda p: map(WholeRecord, iter_shard_records(p)))
+    whole = _dataset(
+        counts,
+        **options,
+        reader=lambda p: (WrappedRecord(r, [], whole=True) for r in iter_shard_records(p)),
+    )
     for dataset in (partial, whole):
         dataset.crop = CropSpec(mode, 0.25)
     items = list(partial)

@@ -43,12 +43,13 @@ def split_extraction_options(
     return config, cache_dir, DistributedConfig.from_dict(distributed) if distributed else None
 
 
-def _worker_count(distributed: DistributedConfig | None) -> int:
+def _needs_workers(distributed: DistributedConfig | None) -> bool:
+    """Whether extraction leaves this process: several workers here, other hosts or Slurm."""
     if distributed is None:
-        return 1
+        return False
     if distributed.launcher == "slurm" or distributed.nnodes > 1:
-        return 2  # workers on other hosts: always through the launcher
-    return distributed.resolved_nproc()
+        return True
+    return distributed.resolved_nproc() > 1
 
 
 def extract_from_checkpoint(
@@ -56,7 +57,7 @@ def extract_from_checkpoint(
 ) -> ExtractedEmbeddings:
     """Embed ``manifest``'s utterances with the model of ``checkpoint`` (see module doc)."""
     config, cache_dir, distributed = split_extraction_options(options)
-    if _worker_count(distributed) > 1:
+    if _needs_workers(distributed):
         if cache_dir is None:
             raise ValueError(
                 "extraction.distributed needs extraction.cache_dir: the workers write their "

@@ -33,7 +33,7 @@ shard; speaker-balanced batches and pairs need random access and stay with the m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from sv_kedro.corpus.shards import check_shards_hold
 from sv_kedro.training.batches import SkipBatches
 from sv_kedro.training.data import PairDataset, SpeakerDataset, collate_padded, collate_pairs
 from sv_kedro.training.samplers import PairBatchSampler, SpeakerBalancedBatchSampler
-from sv_kedro.training.shard_data import ShardDataset, resume_skips, worker_batches
+from sv_kedro.training.shard_data import ShardDataset, SizedLoader, shard_epoch_loader
 from sv_kedro.training.task import LoaderRequest
 
 AUGMENTATION_SOURCES = (
@@ -208,31 +208,7 @@ class SpeakerLoaderFactory:
         )
         dataset.set_epoch(request.epoch)
         batch_size, workers = int(self.config["batch_size"]), int(self.config.get("num_workers", 0))
-        per_worker = worker_batches(dataset, workers, batch_size)
-        skipped, next_worker = resume_skips(per_worker, request.start_batch)
-        dataset.set_skip({w: n * batch_size for w, n in skipped.items()}, next_worker)
-        loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            drop_last=True,
-            collate_fn=collate_padded,
-            num_workers=workers,
-            persistent_workers=False,
-        )
-        return SizedLoader(loader, sum(per_worker) - request.start_batch)
-
-
-class SizedLoader:
-    """An iterable of batches with a known ``len()`` (what a streaming loader cannot say)."""
-
-    def __init__(self, batches: Iterable[Any], length: int) -> None:
-        self.batches, self.length = batches, int(length)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return self.length
+        return shard_epoch_loader(dataset, batch_size, workers, request.start_batch, collate_padded)
 
 
 def build_loader(config: Mapping[str, Any]) -> SpeakerLoaderFactory:

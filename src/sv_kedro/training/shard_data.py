@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sv_kedro.audio.augmentation import Augmenter, speed_perturb, speed_perturbed_label
 from sv_kedro.audio.crops import CropSpec, crop_window, wrap_pad
@@ -241,7 +241,7 @@ class ShardDataset(IterableDataset):
             self._records(shards, skipped), self.shuffle_buffer, np.random.default_rng(seed)
         )
         for record in islice(records, skip, None):
-            if record is None:  # cannot happen: placeholders stand only for skipped positions
+            if record is None:  # cannot happen: None stands in only for skipped positions
                 raise RuntimeError(f"stream {stream}: a skipped sample reached the loader")
             yield self._item(record)
 
@@ -277,3 +277,38 @@ def resume_skips(batches_per_worker: Sequence[int], start_batch: int) -> tuple[d
                 remaining -= 1
                 last = worker
     return taken, (last + 1) % max(1, workers)
+
+
+class SizedLoader:
+    """An iterable of batches with a known ``len()`` (what a streaming loader cannot say)."""
+
+    def __init__(self, batches: Iterable[Any], length: int) -> None:
+        self.batches, self.length = batches, int(length)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def shard_epoch_loader(
+    dataset: ShardDataset,
+    batch_size: int,
+    num_workers: int,
+    start_batch: int,
+    collate_fn: Callable[[list[Any]], Any],
+) -> SizedLoader:
+    """One rank's epoch of full batches from ``start_batch`` on, with its exact ``len()``."""
+    per_worker = worker_batches(dataset, num_workers, batch_size)
+    skipped, next_worker = resume_skips(per_worker, start_batch)
+    dataset.set_skip({w: n * batch_size for w, n in skipped.items()}, next_worker)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        drop_last=True,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+    return SizedLoader(loader, sum(per_worker) - start_batch)
