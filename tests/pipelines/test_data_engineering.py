@@ -23,7 +23,8 @@ from kedro.framework.startup import bootstrap_project
 
 from sv_kedro.corpus.shards import iter_webdataset_shards, shard_paths
 from sv_kedro.corpus.trials import TrialGenerationError
-from sv_kedro.pipelines.data_engineering import nodes
+from sv_kedro.pipelines.data_engineering import nodes, source_nodes
+from sv_kedro.pipelines.data_engineering.params import DataEngineeringError
 from sv_kedro.scoring.trial_list import read_trial_list
 
 TINY_SYNTHETIC = {
@@ -201,12 +202,12 @@ def test_voxceleb_trial_list_with_unknown_utterance_is_named(tmp_path: Path):
 
 
 def test_folder_roots_from_list_or_path_separated_string():
-    assert nodes._folder_roots(["/a", "/b"]) == ["/a", "/b"]
-    assert nodes._folder_roots(f"/a{os.pathsep}/b") == ["/a", "/b"]
-    with pytest.raises(nodes.DataEngineeringError, match=r"folder\.roots is empty"):
-        nodes._folder_roots([])
-    with pytest.raises(nodes.DataEngineeringError, match="source must be one of"):
-        nodes.build_raw_manifest(pd.DataFrame(), {"source": "tape"})
+    assert source_nodes._folder_roots(["/a", "/b"]) == ["/a", "/b"]
+    assert source_nodes._folder_roots(f"/a{os.pathsep}/b") == ["/a", "/b"]
+    with pytest.raises(DataEngineeringError, match=r"folder\.roots is empty"):
+        source_nodes._folder_roots([])
+    with pytest.raises(DataEngineeringError, match="source must be one of"):
+        source_nodes.build_raw_manifest(pd.DataFrame(), {"source": "tape"})
 
 
 def test_config_resolves_environment_variables_and_soft_merges(

@@ -1,7 +1,8 @@
 """The data_engineering pipeline: raw audio to manifests, quality report, splits and trials.
 
 Node names read as sentences in kedro-viz. The source (synthetic / folder / voxceleb) is
-a parameter, so the graph is the same for every corpus; see ``nodes.py``.
+a parameter, so the graph is the same for every corpus; see ``source_nodes.py``
+and ``nodes.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from kedro.pipeline import Pipeline, node
 
-from sv_kedro.pipelines.data_engineering import nodes
+from sv_kedro.pipelines.data_engineering import nodes, source_nodes
 
 PARAMS = "params:data_engineering"
 
@@ -20,19 +21,19 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
     return Pipeline(
         [
             node(
-                nodes.generate_synthetic_corpus,
+                source_nodes.generate_synthetic_corpus,
                 inputs=PARAMS,
                 outputs=["synthetic_corpus", "synthetic_corpus_definition"],
                 name="generate_synthetic_corpus",
             ),
             node(
-                nodes.build_raw_manifest,
+                source_nodes.build_raw_manifest,
                 inputs=["synthetic_corpus_definition", PARAMS],
                 outputs=["raw_manifest", "conversion_failures"],
                 name="build_raw_manifest",
             ),
             node(
-                nodes.validate_audio,
+                source_nodes.validate_audio,
                 inputs=["raw_manifest", "conversion_failures", PARAMS],
                 outputs=["manifest", "audio_quality_report"],
                 name="validate_audio",
