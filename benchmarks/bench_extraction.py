@@ -106,7 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=48)
     parser.add_argument("--configs", nargs="+", default=["tiny", "ecapa", "base"])
-    parser.add_argument("--max-batch-seconds", type=float, default=16.0)
+    parser.add_argument(
+        "--max-batch-seconds", type=float, default=None, help="default: by device (16 s CPU)"
+    )
     parser.add_argument("--crops", type=int, default=0, help="crops per utterance (4 s each)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="turns per side (medians)")

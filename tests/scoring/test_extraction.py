@@ -12,12 +12,15 @@ import torch
 from sv_kedro.audio.io import write_audio
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.extraction import (
+    CPU_BATCH_SECONDS,
+    GPU_BATCH_SECONDS,
     ExtractionConfig,
     embed_rank_share,
     extract_embeddings,
     model_fingerprint,
     unique_crop_rows,
 )
+from sv_kedro.scoring.extraction_launch import split_extraction_options
 
 
 @pytest.fixture
@@ -112,7 +115,7 @@ def test_cache_fingerprint_sees_a_change_anywhere_in_the_weights(manifest):
 
 
 def test_cache_fingerprint_ignores_where_batches_run_but_not_how_they_are_cut(manifest, model):
-    config = ExtractionConfig(n_crops=2, device="cpu")
+    config = ExtractionConfig(n_crops=2, max_batch_seconds=16.0, device="cpu")
     first = model_fingerprint(model, manifest, config)
     # Workers on other GPUs (or more loader processes) must write to the same cache...
     assert model_fingerprint(model, manifest, replace(config, device="cuda:3")) == first
@@ -120,6 +123,26 @@ def test_cache_fingerprint_ignores_where_batches_run_but_not_how_they_are_cut(ma
     # ...but other batches are other cache parts, and other crops other vectors.
     assert model_fingerprint(model, manifest, replace(config, max_batch_seconds=8.0)) != first
     assert model_fingerprint(model, manifest, replace(config, n_crops=3)) != first
+
+
+def test_batch_budget_left_open_is_fixed_by_the_device_before_fingerprinting(manifest, model):
+    """None means small batches on a CPU and large ones on a GPU; the fingerprint sees the
+    budget actually used, so a CPU run never resumes from a GPU run's differently cut parts."""
+    open_cpu = ExtractionConfig(n_crops=0, device="cpu")
+    assert open_cpu.resolved().max_batch_seconds == CPU_BATCH_SECONDS
+    assert replace(open_cpu, device="cuda:1").resolved().max_batch_seconds == GPU_BATCH_SECONDS
+    assert replace(open_cpu, max_batch_seconds=7.0).resolved().max_batch_seconds == 7.0
+    fixed_cpu = replace(open_cpu, max_batch_seconds=CPU_BATCH_SECONDS)
+    assert model_fingerprint(model, manifest, open_cpu) == model_fingerprint(
+        model, manifest, fixed_cpu
+    )
+    open_gpu = replace(open_cpu, device="cuda:1")
+    assert model_fingerprint(model, manifest, open_gpu) != model_fingerprint(
+        model, manifest, open_cpu
+    )
+    # The pipelines' options are resolved where the device is named, before any worker starts.
+    config, _, _ = split_extraction_options({"n_crops": 0, "device": "cuda"})
+    assert config.max_batch_seconds == GPU_BATCH_SECONDS
 
 
 def test_a_rank_share_leaves_the_other_batches_to_the_other_ranks(manifest, model, tmp_path):

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +40,38 @@ from sv_kedro.utils.atomic import atomic_write_path
 log = logging.getLogger(__name__)
 
 
+# Padded audio per forward when ``max_batch_seconds`` is None. A CPU forward is bound by
+# its GEMMs and convolutions from a few seconds of audio on, so larger batches only add
+# memory traffic: 16 s was the fastest budget on 2 cores (benchmarks/bench_extraction.py,
+# 4-120 s tried; 120 s ran at 0.72-0.84x the one-by-one loop). A GPU needs large batches.
+CPU_BATCH_SECONDS = 16.0
+GPU_BATCH_SECONDS = 120.0
+
+
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """How utterances are cut and batched; all of it is part of the cache fingerprint."""
+    """How utterances are cut and batched; all of it is part of the cache fingerprint.
+
+    ``max_batch_seconds``: padded audio per forward (full utterances and crops alike);
+    None picks by device, ``CPU_BATCH_SECONDS`` on a CPU and ``GPU_BATCH_SECONDS`` on a GPU.
+    """
 
     n_crops: int = 5
     crop_seconds: float = 4.0
     max_seconds: float | None = 20.0
-    max_batch_seconds: float = 120.0
+    max_batch_seconds: float | None = None
     max_batch_size: int = 64
     num_workers: int = 0
     sample_rate: int = 16000
     device: str = "auto"
+
+    def resolved(self) -> ExtractionConfig:
+        """This config with ``max_batch_seconds`` fixed for ``device``, so that a cache
+        fingerprint (and the batches it names) never depends on where it is computed."""
+        if self.max_batch_seconds is not None:
+            return self
+        on_gpu = _device(self.device).type != "cpu"
+        return replace(self, max_batch_seconds=GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS)
 
 
 @dataclass
@@ -80,6 +100,7 @@ def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: Extracti
     All bytes, not a sample of them: a resumed extraction must never reuse embeddings of a
     model that differs anywhere (SHA-1 costs ~0.7 s per GB of weights here).
     """
+    config = config.resolved()
     digest = hashlib.sha1()
     state_digest(model.state_dict(), digest)
     digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
@@ -240,6 +261,7 @@ def embed_rank_share(
     """
     if cache_dir is None:
         raise ValueError("embed_rank_share writes to a cache folder: give cache_dir")
+    config = config.resolved()
     dataset, cache, mine = _plan(model, manifest, config, cache_dir, rank, world_size)
     batches = _embed_batches(model, dataset, mine, config, cache, progress)
     return sum(len(indices) for indices, _, _ in batches)
@@ -261,7 +283,7 @@ def extract_embeddings(
     embeds its share and the rest must already be in ``cache_dir`` (see
     :func:`embed_rank_share` and ``scoring.extraction_launch``).
     """
-    config = config or ExtractionConfig()
+    config = (config or ExtractionConfig()).resolved()
     dataset, cache, mine = _plan(model, manifest, config, cache_dir, rank, world_size)
     n_utts = len(dataset)
     full_rows: dict[int, np.ndarray] = {}

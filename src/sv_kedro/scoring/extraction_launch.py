@@ -39,7 +39,9 @@ def split_extraction_options(
     settings = dict(options)
     cache_dir = settings.pop("cache_dir", None)
     distributed = settings.pop("distributed", None)
-    config = ExtractionConfig(**settings)
+    # Resolved here, where the device is named, so workers on GPUs and this process
+    # (which reads their batches back) agree on the batches and their cache.
+    config = ExtractionConfig(**settings).resolved()
     return config, cache_dir, DistributedConfig.from_dict(distributed) if distributed else None
 
 
