@@ -270,7 +270,12 @@ def main() -> None:
         default=None,
         help="k-means clusters before AHC (default: none, AHC on every training utterance)",
     )
-    parser.add_argument("--k2", type=int, default=120)
+    parser.add_argument(
+        "--k2",
+        type=lambda value: value if value == "auto" else int(value),
+        default=120,
+        help="pseudo-speakers, or auto: the count with the best silhouette (no labels read)",
+    )
     parser.add_argument(
         "--round-min-seconds",
         type=float,

@@ -11,6 +11,7 @@ from sv_kedro.clustering.agglomerative import agglomerate_centroids
 from sv_kedro.clustering.kmeans import ClusteringInputError
 from sv_kedro.clustering.pseudo_labels import (
     PSEUDO_LABEL_COLUMNS,
+    ClusterCountSearch,
     apply_pseudo_speakers,
     cluster_pseudo_labels,
     pseudo_label_table,
@@ -121,3 +122,34 @@ def test_cluster_counts_are_checked() -> None:
         cluster_pseudo_labels(vectors, 50, 60)
     with pytest.raises(ClusteringInputError, match="k1=200 clusters requested but only 100"):
         cluster_pseudo_labels(vectors, 200, 10)
+    with pytest.raises(ClusteringInputError, match="k2 must be a count or 'auto'"):
+        cluster_pseudo_labels(vectors, 50, "many")
+
+
+def test_auto_k2_finds_the_speakers_through_kmeans_without_reading_a_count() -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 32))
+    speaker = rng.integers(0, 40, 4000)
+    vectors = (centres[speaker] + 0.3 * rng.normal(size=(4000, 32))).astype(np.float32)
+    search = ClusterCountSearch(min_k2=5, max_k2=150, points=20)
+    result = cluster_pseudo_labels(vectors, k1=200, k2="auto", seed=0, k2_search=search)
+    found = np.unique(result.labels).size
+    assert found == result.k2_centroids.shape[0]
+    assert found == 43  # the grid steps 36 -> 43 around the 40 speakers
+    assert normalized_mutual_info_score(speaker, result.labels) > 0.95
+    scores = result.k2_scores
+    assert scores is not None and scores["k"].min() == 5 and scores["k"].max() == 150
+    assert scores.set_index("k").loc[found, "silhouette"] == scores["silhouette"].max()
+    assert "k2_search_s" in result.timings
+    # A fixed count gives the same clustering as cutting the same AHC there.
+    fixed = cluster_pseudo_labels(vectors, k1=200, k2=found, seed=0)
+    assert np.array_equal(fixed.labels, result.labels) and fixed.k2_scores is None
+
+
+def test_auto_k2_search_stays_within_k1_and_half_the_utterances() -> None:
+    assert ClusterCountSearch(min_k2=2, points=4).candidates(k1=1000, n=100) == [2, 6, 17, 50]
+    assert ClusterCountSearch(min_k2=10, max_k2=5000, points=3).candidates(300, 10_000) == [
+        10,
+        55,
+        300,
+    ]

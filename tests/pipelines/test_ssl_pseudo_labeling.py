@@ -146,6 +146,25 @@ def test_null_k1_clusters_every_utterance_without_kmeans() -> None:
     assert health["nmi"] == pytest.approx(1.0)
 
 
+def test_auto_k2_picks_the_pseudo_speaker_count_and_reports_it() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(6, 16))
+    speaker = np.repeat(np.arange(6), 8)
+    vectors = (centres[speaker] + 0.05 * rng.normal(size=(48, 16))).astype(np.float32)
+    utts = [f"u{i:02d}" for i in range(48)]
+    manifest = pd.DataFrame({"utt_id": utts, "speaker": [f"s{k}" for k in speaker]})
+    clustering = {"k1": None, "k2": "auto", "k2_search": {"min": 2, "max": 20}, "seed": 0}
+    table, health, _ = ssl_nodes.cluster_training_embeddings(
+        EmbeddingTable(utts, vectors), manifest, clustering
+    )
+    assert health["k2"] == 6.0 and table["pseudo_label"].nunique() == 6
+    assert health["nmi"] == pytest.approx(1.0)
+    assert 0.5 < health["k2_silhouette"] <= 1.0
+    clustering["k2_search"] = {"min": 2, "maximum": 20}
+    with pytest.raises(ValueError, match=r"k2_search: unknown key\(s\) \['maximum'\]"):
+        ssl_nodes.cluster_training_embeddings(EmbeddingTable(utts, vectors), manifest, clustering)
+
+
 def test_unknown_clustering_key_is_named_before_clustering() -> None:
     utts = ["a", "b", "c"]
     vectors = np.eye(3, dtype=np.float32)

@@ -25,6 +25,7 @@ through the nearest members of nearest components) so that any ``k2 >= 1`` is re
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -43,6 +44,40 @@ LINKAGES = ("ward", "average")
 EXACT_GRAPH_MAX_POINTS = 20_000
 
 
+@dataclass(frozen=True)
+class AgglomerationPath:
+    """The merges of one agglomeration, in order: ``merges`` ``[m, 2]`` rows of
+    ``(kept root, absorbed root)`` over ``n_points`` inputs, down to ``n_points - m`` clusters.
+
+    Greedy merging never revisits a merge, so the clustering at any count ``k`` on the path
+    is its first ``n_points - k`` merges: one run serves every cut.
+    """
+
+    merges: np.ndarray
+    n_points: int
+
+    @property
+    def min_clusters(self) -> int:
+        return self.n_points - int(self.merges.shape[0])
+
+    def labels(self, k: int) -> np.ndarray:
+        """Labels ``[n_points]`` in ``0..k-1`` (numbered by first appearance) at ``k`` clusters."""
+        if not self.min_clusters <= k <= self.n_points:
+            raise ClusteringInputError(
+                f"this agglomeration reaches {self.min_clusters}..{self.n_points} clusters, not {k}"
+            )
+        done = self.merges[: self.n_points - k]
+        roots = np.arange(self.n_points)
+        roots[done[:, 1]] = done[:, 0]  # each cluster is absorbed at most once: a forest
+        while True:  # pointer jumping: every row points at its final root
+            hop = roots[roots]
+            if np.array_equal(hop, roots):
+                break
+            roots = hop
+        _, labels = np.unique(roots, return_inverse=True)
+        return _relabel_by_first_appearance(labels)
+
+
 def agglomerate_centroids(
     centroids: np.ndarray,
     k2: int,
@@ -56,22 +91,35 @@ def agglomerate_centroids(
     ``0..k2-1`` (numbered by first appearance). ``weights`` ``[k1]`` (positive, e.g. k-means
     cluster sizes) default to 1. ``seed`` fixes the IVF training of the approximate graph.
     """
+    path = agglomeration_path(centroids, k2, linkage, weights, knn, seed, threads)
+    return path.labels(k2)
+
+
+def agglomeration_path(
+    centroids: np.ndarray,
+    min_clusters: int,
+    linkage: str = "ward",
+    weights: np.ndarray | None = None,
+    knn: int = 16,
+    seed: int = 0,
+    threads: int | None = None,
+) -> AgglomerationPath:
+    """Merge ``centroids`` ``[k1, d]`` down to ``min_clusters``, keeping every merge (see
+    :func:`agglomerate_centroids` for the arguments)."""
     if linkage not in LINKAGES:
         raise ClusteringInputError(f"linkage must be one of {LINKAGES}, got {linkage!r}")
     vectors = prepare_vectors(centroids, spherical=linkage == "average")
     k1 = vectors.shape[0]
-    check_cluster_count(k2, k1, "k2")
+    check_cluster_count(min_clusters, k1, "k2")
     if knn < 1:
         raise ClusteringInputError(f"knn must be >= 1, got {knn}")
     w = _check_weights(weights, k1)
-    if k2 == k1:
-        return np.arange(k1, dtype=np.int64)
+    if min_clusters == k1:
+        return AgglomerationPath(np.empty((0, 2), dtype=np.int64), k1)
     with faiss_threads(threads):
         graph = knn_graph(vectors, knn, seed)
     graph = connect_components(graph, vectors)
-    roots = _merge(vectors, w, graph, k2, linkage)
-    _, labels = np.unique(roots, return_inverse=True)
-    return _relabel_by_first_appearance(labels)
+    return AgglomerationPath(_merge(vectors, w, graph, min_clusters, linkage), k1)
 
 
 def _check_weights(weights: np.ndarray | None, k1: int) -> np.ndarray:
@@ -155,7 +203,8 @@ def _closest_member(
 def _merge(
     vectors: np.ndarray, weights: np.ndarray, graph: sp.csr_matrix, k2: int, linkage: str
 ) -> np.ndarray:
-    """Greedy graph-constrained merging down to ``k2`` clusters; returns each row's root id.
+    """Greedy graph-constrained merging down to ``k2`` clusters; returns the merges
+    ``[k1 - k2, 2]`` as ``(kept, absorbed)`` in order.
 
     A heap of candidate pairs with lazy invalidation: a cluster's ``version`` changes when it
     absorbs another, which voids every queued pair that mentions its old state.
@@ -183,6 +232,7 @@ def _merge(
     heapq.heapify(heap)
 
     clusters = k1
+    merges = np.empty((k1 - k2, 2), dtype=np.int64)
     while clusters > k2:
         _, a, b, version_a, version_b = heapq.heappop(heap)
         if version[a] != version_a or version[b] != version_b or parent[a] != a or parent[b] != b:
@@ -191,6 +241,7 @@ def _merge(
         means[a] = (w[a] * means[a] + w[b] * means[b]) / total
         w[a] = total
         parent[b] = a
+        merges[k1 - clusters] = (a, b)
         version[a] += 1
         clusters -= 1
         for other in neighbours[b]:
@@ -209,13 +260,7 @@ def _merge(
             first, second = (a, other) if a < other else (other, a)
             heapq.heappush(heap, (cost, first, second, int(version[first]), int(version[second])))
 
-    # Path compression: every row points at its final root.
-    roots = parent.copy()
-    while True:
-        hop = roots[roots]
-        if np.array_equal(hop, roots):
-            return roots
-        roots = hop
+    return merges
 
 
 def _linkage_cost(

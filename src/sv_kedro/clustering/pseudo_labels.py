@@ -9,13 +9,15 @@ then 7,500 on VoxCeleb2).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sv_kedro.clustering.agglomerative import agglomerate_centroids
+from sv_kedro.clustering.agglomerative import agglomeration_path
+from sv_kedro.clustering.cluster_count import choose_cluster_count, count_grid
 from sv_kedro.clustering.kmeans import (
     ClusteringInputError,
     KMeansResult,
@@ -43,12 +45,41 @@ class PseudoLabelResult:
     timings: dict[str, float] = field(default_factory=dict)
     kmeans_inertia: float = 0.0
     kmeans_method: str = ""
+    k2_scores: pd.DataFrame | None = None  # [k, silhouette] per count tried, with k2 "auto"
+
+
+@dataclass(frozen=True)
+class ClusterCountSearch:
+    """Where ``k2: auto`` looks: about ``points`` counts from ``min_k2`` to ``max_k2`` (None:
+    ``k1``, capped at half the utterances), each scored by the cosine silhouette of the
+    utterances, over a seeded ``sample`` of them (``cluster_count.choose_cluster_count``)."""
+
+    min_k2: int = 2
+    max_k2: int | None = None
+    points: int = 24
+    sample: int | None = 20_000
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, object] | None) -> ClusterCountSearch:
+        """From ``clustering.k2_search``: ``min``, ``max``, ``points``, ``sample``."""
+        names = {"min": "min_k2", "max": "max_k2", "points": "points", "sample": "sample"}
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise ClusteringInputError(
+                f"clustering.k2_search: unknown key(s) {unknown}; allowed: {list(names)}"
+            )
+        return cls(**{names[key]: value for key, value in settings.items()})
+
+    def candidates(self, k1: int, n: int) -> list[int]:
+        high = min(k1, max(n // 2, 2)) if self.max_k2 is None else min(self.max_k2, k1)
+        return count_grid(min(self.min_k2, high), high, self.points)
 
 
 def cluster_pseudo_labels(
     vectors: np.ndarray,
     k1: int,
-    k2: int,
+    k2: int | str,
     *,
     n_iter: int = 20,
     seed: int = 0,
@@ -60,8 +91,13 @@ def cluster_pseudo_labels(
     knn: int = 16,
     threads: int | None = None,
     whiten: bool = False,
+    k2_search: ClusterCountSearch | None = None,
 ) -> PseudoLabelResult:
     """k-means of ``vectors`` ``[n, d]`` to ``k1`` clusters, then AHC of the centroids to ``k2``.
+
+    ``k2="auto"`` reads no count: one AHC runs to the smallest count of ``k2_search`` and is
+    cut at each of its counts; the count whose utterance clustering has the highest cosine
+    silhouette wins (``k2_scores`` holds every count's score).
 
     ``weight_by_size`` gives each centroid its cluster size as AHC weight (the original recipe
     weighs centroids equally); clusters that k-means left empty are then merged with weight
@@ -79,7 +115,11 @@ def cluster_pseudo_labels(
     x = clustering_vectors(vectors, spherical=spherical, whiten=whiten)
     timings = {"whiten_s": time.perf_counter() - started} if whiten else {}
     check_cluster_count(k1, x.shape[0], "k1")
-    check_cluster_count(k2, k1, "k2")
+    auto = k2 == "auto"
+    if not auto:
+        if isinstance(k2, str):
+            raise ClusteringInputError(f"k2 must be a count or 'auto', got {k2!r}")
+        check_cluster_count(k2, k1, "k2")
     started = time.perf_counter()
     if k1 == x.shape[0]:
         km = KMeansResult(
@@ -106,19 +146,33 @@ def cluster_pseudo_labels(
     weights = None
     if weight_by_size:
         weights = np.maximum(np.bincount(km.assignments, minlength=k1), 1e-6).astype(np.float64)
-    centroid_labels = agglomerate_centroids(
-        centroids, k2, linkage=linkage, weights=weights, knn=knn, seed=seed, threads=threads
+    search = k2_search or ClusterCountSearch()
+    candidates = search.candidates(k1, x.shape[0]) if auto else [int(k2)]
+    path = agglomeration_path(
+        centroids, min(candidates), linkage, weights=weights, knn=knn, seed=seed, threads=threads
     )
     ahc_done = time.perf_counter()
-    labels = centroid_labels[km.assignments]
+    scores = None
+    if auto:
+        choice = choose_cluster_count(
+            x,
+            lambda k: path.labels(k)[km.assignments],
+            candidates,
+            sample=search.sample,
+            seed=seed,
+        )
+        k2, scores = choice.k, choice.scores
+        timings["k2_search_s"] = time.perf_counter() - ahc_done
+    labels = path.labels(int(k2))[km.assignments]
     return PseudoLabelResult(
         labels=labels,
         kmeans_labels=km.assignments,
         centroids=centroids.astype(np.float32, copy=False),
-        k2_centroids=cluster_means(x, labels, k2),
+        k2_centroids=cluster_means(x, labels, int(k2)),
         timings={**timings, "kmeans_s": kmeans_done - started, "ahc_s": ahc_done - kmeans_done},
         kmeans_inertia=km.inertia,
         kmeans_method=km.method,
+        k2_scores=scores,
     )
 
 
@@ -163,7 +217,7 @@ def pseudo_label_table(
     embeddings: EmbeddingTable,
     manifest: pd.DataFrame,
     k1: int,
-    k2: int,
+    k2: int | str,
     **cluster_options: object,
 ) -> tuple[pd.DataFrame, PseudoLabelResult]:
     """Pseudo-label every manifest utterance.
@@ -216,6 +270,7 @@ def apply_pseudo_speakers(manifest: pd.DataFrame, table: pd.DataFrame) -> pd.Dat
 
 __all__ = [
     "PSEUDO_LABEL_COLUMNS",
+    "ClusterCountSearch",
     "PseudoLabelResult",
     "apply_pseudo_speakers",
     "cluster_means",

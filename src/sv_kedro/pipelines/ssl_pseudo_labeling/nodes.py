@@ -23,7 +23,11 @@ from matplotlib.figure import Figure
 
 from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure
 from sv_kedro.clustering.prototypes import restart_classifier
-from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels, pseudo_label_frame
+from sv_kedro.clustering.pseudo_labels import (
+    ClusterCountSearch,
+    cluster_pseudo_labels,
+    pseudo_label_frame,
+)
 from sv_kedro.losses.gate_plot import gate_figure
 from sv_kedro.models.dino import encoder_checkpoint_payload
 from sv_kedro.models.factory import ARCHITECTURE_SECTIONS
@@ -176,21 +180,30 @@ def cluster_training_embeddings(
     The table (``utt_id, pseudo_label, kmeans_label, speaker_index``) follows the manifest's
     row order. The true ``speaker`` column is read here for the report only (NMI, purity).
     """
-    unknown = sorted(set(clustering) - {"k1", "k2", *CLUSTER_OPTIONS})
+    known = {"k1", "k2", "k2_search", *CLUSTER_OPTIONS}
+    unknown = sorted(set(clustering) - known)
     if unknown:
-        raise ValueError(
-            f"clustering: unknown key(s) {unknown}; allowed: k1, k2, {', '.join(CLUSTER_OPTIONS)}"
-        )
+        raise ValueError(f"clustering: unknown key(s) {unknown}; allowed: {sorted(known)}")
     vectors = validate_embeddings(embeddings, train_manifest, "embeddings").vectors
     options = {k: v for k, v in clustering.items() if k in CLUSTER_OPTIONS}
     # k1: null clusters the utterances themselves (no k-means step; small sets only).
     k1 = len(vectors) if clustering["k1"] is None else min(int(clustering["k1"]), len(vectors))
-    k2 = min(int(clustering["k2"]), k1)
-    result = cluster_pseudo_labels(vectors, k1, k2, **options)
+    k2 = "auto" if clustering["k2"] == "auto" else min(int(clustering["k2"]), k1)
+    search = ClusterCountSearch.from_settings(clustering.get("k2_search"))
+    result = cluster_pseudo_labels(vectors, k1, k2, k2_search=search, **options)
     table = pseudo_label_frame(train_manifest["utt_id"].astype(str), result)
     truth = train_manifest["speaker"] if "speaker" in train_manifest else None
     report = cluster_health(table["pseudo_label"], truth)
-    report.update({"k1": float(k1), "k2": float(k2), **result.timings})
+    report.update({"k1": float(k1), "k2": float(len(result.k2_centroids)), **result.timings})
+    if result.k2_scores is not None:
+        best = result.k2_scores["silhouette"].max()
+        report["k2_silhouette"] = float(best)
+        log.info(
+            "k2 auto: %d pseudo-speakers (silhouette %.3f); tried %s",
+            len(result.k2_centroids),
+            best,
+            ", ".join(f"{k}: {v:.3f}" for k, v in result.k2_scores.itertuples(index=False)),
+        )
     figure = cluster_size_histogram_figure(table["pseudo_label"])
     return table, report, figure
 
