@@ -140,6 +140,8 @@ def parameters(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     params["finetune"]["data"].update({"batch_size": 32, "crop_seconds": 3.0})
     params["lmft"]["training"]["epochs"] = args.lmft_epochs
     params["lmft"]["data"] = {"crop_seconds": 4.0}
+    if args.dlg_min_separation is not None:
+        params["finetune"]["gate"]["dlg_min_separation"] = args.dlg_min_separation
     if args.train_seed is not None:  # rounds and LMFT only: DINO and its cache stay as they are
         params["finetune"]["training"]["seed"] = args.train_seed
         params["lmft"]["training"]["seed"] = args.train_seed
@@ -314,6 +316,12 @@ def main() -> None:
         type=int,
         default=None,
         help="seed of the rounds and LMFT (default: the shipped 0); the split keeps --seed",
+    )
+    parser.add_argument(
+        "--dlg-min-separation",
+        type=float,
+        default=None,
+        help="smallest Ashman's D at which the DLG fit moves the loss gate (default: shipped)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -88,3 +88,18 @@ def test_fit_is_reproducible_for_a_seed_and_serialisable():
     record = first.to_dict()
     assert record["threshold"] == first.threshold
     assert isinstance(record["means"], list) and len(record["means"]) == 2
+
+
+def test_zero_separation_takes_the_intersection_of_a_skewed_unimodal_fit():
+    # A right-skewed single mode, like the per-sample log-losses of a short pseudo-label
+    # round: the two Gaussians cross between their means but the mixture never dips.
+    rng = np.random.default_rng(4)
+    sample = np.r_[rng.normal(0.0, 0.6, 15_000), rng.normal(1.2, 1.0, 5_000)]
+    strict = fit_gate_threshold(sample, previous=3.0, seed=0)
+    assert not strict.changed and "unimodal" in strict.reason
+    paper = fit_gate_threshold(sample, previous=3.0, seed=0, min_separation=0.0)
+    assert paper.changed, paper.reason
+    assert paper.means[0] < paper.threshold < paper.means[1]
+    assert paper.separation == pytest.approx(strict.separation)
+    roots = weighted_gaussian_intersections(paper.means, paper.variances, paper.weights)
+    assert any(root == pytest.approx(paper.threshold) for root in roots)

@@ -140,13 +140,14 @@ def _threshold_or_problem(
             f"{means[0]:.3f} and {means[1]:.3f} (all roots: {[round(r, 4) for r in roots]})"
         )
     threshold = float(between[0])
-    dip = _mixture_density(threshold, means, variances, weights)
-    peaks = min(_mixture_density(float(m), means, variances, weights) for m in means)
-    if dip >= peaks:
-        return None, (
-            f"unimodal: the mixture density has no dip at the intersection {threshold:.3f}"
-            f" ({dip:.4g} >= {peaks:.4g} at the lower of the two means)"
-        )
+    if min_separation > 0:  # 0 asks for no bimodality: any intersection between the means
+        dip = _mixture_density(threshold, means, variances, weights)
+        peaks = min(_mixture_density(float(m), means, variances, weights) for m in means)
+        if dip >= peaks:
+            return None, (
+                f"unimodal: the mixture density has no dip at the intersection {threshold:.3f}"
+                f" ({dip:.4g} >= {peaks:.4g} at the lower of the two means)"
+            )
     return threshold, ""
 
 
@@ -170,7 +171,9 @@ def fit_gate_threshold(
         min_samples: fewer finite values than this keep ``previous``.
         min_weight: a component lighter than this means a single mode: keep ``previous``.
         min_separation: the smallest Ashman's D accepted (2 is where two equal-weight,
-            equal-variance Gaussians start to form two modes).
+            equal-variance Gaussians start to form two modes). Above 0 the mixture density
+            must also dip at the threshold; 0 accepts any fit whose weighted densities cross
+            once between the means, as the DLG paper does.
         n_init: GMM restarts (the best likelihood wins).
     """
     values = np.asarray(log_losses, dtype=np.float64).ravel()

@@ -34,6 +34,10 @@ GATE_DEFAULTS: dict[str, Any] = {
     "lc_start_epoch": 9,
     "lc_temperature": 0.1,
     "lc_confidence": 0.5,
+    # The DLG fit is accepted only for two real modes: Ashman's D of the two Gaussians and
+    # the lighter one's weight (``gate_threshold.fit_gate_threshold``).
+    "dlg_min_separation": 2.0,
+    "dlg_min_weight": 0.02,
 }
 
 
@@ -164,6 +168,8 @@ class SpeakerClassificationTask:
             refit=self.schedule.dlg_active(state.epoch + 1),
             seed=self.seed + state.epoch,
             log_losses=log_losses,
+            min_separation=float(self.gate_config["dlg_min_separation"]),
+            min_weight=float(self.gate_config["dlg_min_weight"]),
         )
         stats = {"gate_threshold_next": self.gate.threshold, "gate_kept_epoch": kept}
         if fit is not None:
