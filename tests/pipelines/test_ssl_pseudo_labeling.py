@@ -130,39 +130,39 @@ def test_training_input_never_holds_true_speakers() -> None:
         pseudo_labeled_manifest(manifest, labels.iloc[:1])
 
 
-def test_null_k1_clusters_every_utterance_without_kmeans() -> None:
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(4, 16))
-    speaker = np.repeat(np.arange(4), 6)
-    vectors = (centres[speaker] + 0.05 * rng.normal(size=(24, 16))).astype(np.float32)
-    utts = [f"u{i:02d}" for i in range(24)]
+def _tight_speakers(
+    n_speakers: int, per_speaker: int, seed: int
+) -> tuple[EmbeddingTable, pd.DataFrame]:
+    """Embeddings of ``n_speakers`` tight blobs (``per_speaker`` utterances each) and their
+    manifest."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_speakers, 16))
+    speaker = np.repeat(np.arange(n_speakers), per_speaker)
+    vectors = (centres[speaker] + 0.05 * rng.normal(size=(speaker.size, 16))).astype(np.float32)
+    utts = [f"u{i:02d}" for i in range(speaker.size)]
     manifest = pd.DataFrame({"utt_id": utts, "speaker": [f"s{k}" for k in speaker]})
+    return EmbeddingTable(utts, vectors), manifest
+
+
+def test_null_k1_clusters_every_utterance_without_kmeans() -> None:
+    embeddings, manifest = _tight_speakers(4, 6, seed=0)
     clustering = {"k1": None, "k2": 4, "seed": 0}
-    table, health, _ = ssl_nodes.cluster_training_embeddings(
-        EmbeddingTable(utts, vectors), manifest, clustering
-    )
+    table, health, _ = ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     assert health["k1"] == 24.0
     assert table["kmeans_label"].tolist() == list(range(24))
     assert health["nmi"] == pytest.approx(1.0)
 
 
 def test_auto_k2_picks_the_pseudo_speaker_count_and_reports_it() -> None:
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(6, 16))
-    speaker = np.repeat(np.arange(6), 8)
-    vectors = (centres[speaker] + 0.05 * rng.normal(size=(48, 16))).astype(np.float32)
-    utts = [f"u{i:02d}" for i in range(48)]
-    manifest = pd.DataFrame({"utt_id": utts, "speaker": [f"s{k}" for k in speaker]})
+    embeddings, manifest = _tight_speakers(6, 8, seed=1)
     clustering = {"k1": None, "k2": "auto", "k2_search": {"min": 2, "max": 20}, "seed": 0}
-    table, health, _ = ssl_nodes.cluster_training_embeddings(
-        EmbeddingTable(utts, vectors), manifest, clustering
-    )
+    table, health, _ = ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     assert health["k2"] == 6.0 and table["pseudo_label"].nunique() == 6
     assert health["nmi"] == pytest.approx(1.0)
     assert 0.5 < health["k2_silhouette"] <= 1.0
     clustering["k2_search"] = {"min": 2, "maximum": 20}
     with pytest.raises(ValueError, match=r"k2_search: unknown key\(s\) \['maximum'\]"):
-        ssl_nodes.cluster_training_embeddings(EmbeddingTable(utts, vectors), manifest, clustering)
+        ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
 
 
 def test_unknown_clustering_key_is_named_before_clustering() -> None:
@@ -170,12 +170,11 @@ def test_unknown_clustering_key_is_named_before_clustering() -> None:
     vectors = np.eye(3, dtype=np.float32)
     manifest = pd.DataFrame({"utt_id": utts, "speaker": ["s0", "s0", "s1"]})
     clustering = {"k1": None, "k2": 2, "whiten": True, "whitten": True}
+    embeddings = EmbeddingTable(utts, vectors)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['whitten'\]"):
-        ssl_nodes.cluster_training_embeddings(EmbeddingTable(utts, vectors), manifest, clustering)
+        ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     del clustering["whitten"]
-    table, _, _ = ssl_nodes.cluster_training_embeddings(
-        EmbeddingTable(utts, vectors), manifest, clustering
-    )
+    table, _, _ = ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     assert table["pseudo_label"].nunique() == 2
 
 
