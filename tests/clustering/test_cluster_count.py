@@ -29,6 +29,9 @@ def test_cosine_silhouette_equals_sklearn_including_singletons() -> None:
     labels[17] = 6  # a singleton cluster scores 0, as in scikit-learn
     expected = silhouette_score(x.astype(np.float64), labels, metric="cosine")
     assert cosine_silhouette(x, labels, chunk=64) == pytest.approx(expected, abs=1e-5)
+    # Cosine distance ignores length: rows scaled anyhow (spherical off) score the same.
+    scaled = x * np.random.default_rng(2).uniform(0.1, 10.0, (300, 1)).astype(np.float32)
+    assert cosine_silhouette(scaled, labels) == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_sampled_silhouette_averages_the_sampled_points_against_full_clusters() -> None:

@@ -42,13 +42,16 @@ def cosine_silhouette(
     seed: int = 0,
     chunk: int = 4096,
 ) -> float:
-    """Mean silhouette of ``labels`` ``[n]`` on unit vectors ``x`` ``[n, d]``, cosine distance.
+    """Mean silhouette of ``labels`` ``[n]`` on vectors ``x`` ``[n, d]`` under cosine distance
+    (rows are L2-normalised here; ``k2: auto`` also sees unnormalised vectors when
+    ``spherical`` is off).
 
     Points in singleton clusters score 0 (Rousseeuw's convention). With more than ``sample``
     points, the mean is over a seeded sample of that many, each still scored against the
     full clusters. Needs at least 2 clusters.
     """
     x = np.asarray(x, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = x.shape[0]
     if labels.shape[0] != n:
@@ -97,7 +100,7 @@ def choose_cluster_count(
     sample: int | None = 20_000,
     seed: int = 0,
 ) -> ClusterCountChoice:
-    """The candidate count whose clustering (``labels_at(k)`` ``[n]``) of unit vectors ``x``
+    """The candidate count whose clustering (``labels_at(k)`` ``[n]``) of vectors ``x``
     ``[n, d]`` has the highest cosine silhouette; ties go to the larger count (over-clustering
     costs pseudo-label training less than merging speakers)."""
     if not candidates:
