@@ -45,23 +45,3 @@ def test_gate_figure_says_when_the_gate_is_off():
     left, right = figure.axes
     assert [text.get_text() for text in left.texts] == ["loss gate disabled"]
     assert not right.axison
-
-
-def test_gate_keys_reach_the_fit_and_unknown_ones_are_named():
-    import pytest
-
-    rng = np.random.default_rng(4)
-    log_losses = np.r_[rng.normal(0.0, 0.6, 1_500), rng.normal(1.2, 1.0, 500)]
-    losses = torch.from_numpy(np.exp(log_losses))
-    thresholds = {}
-    for separation in (2.0, 0.0):
-        gate = {**GATE, "dlg_min_separation": separation}
-        task = build_task({"loss": {"name": "ce"}, "gate": gate, "seed": 0})
-        gathered = GatheredLosses(torch.arange(losses.numel()), losses.float())
-        thresholds[separation] = task.on_epoch_end(TrainState(epoch=0), gathered)[
-            "gate_threshold_next"
-        ]
-    assert thresholds[2.0] == 3.0  # no dip: the strict default keeps the initial threshold
-    assert thresholds[0.0] < 2.0  # the paper's DLG moves it between the two fitted means
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dlg_min_sep'\]"):
-        build_task({"loss": {"name": "ce"}, "gate": {**GATE, "dlg_min_sep": 1.0}, "seed": 0})

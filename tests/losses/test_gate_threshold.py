@@ -92,7 +92,8 @@ def test_fit_is_reproducible_for_a_seed_and_serialisable():
 
 def test_zero_separation_takes_the_intersection_of_a_skewed_unimodal_fit():
     # A right-skewed single mode, like the per-sample log-losses of a short pseudo-label
-    # round: the two Gaussians cross between their means but the mixture never dips.
+    # round: the two fitted Gaussians cross between their means, but too close together for
+    # the default bimodality checks.
     rng = np.random.default_rng(4)
     sample = np.r_[rng.normal(0.0, 0.6, 15_000), rng.normal(1.2, 1.0, 5_000)]
     strict = fit_gate_threshold(sample, previous=3.0, seed=0)

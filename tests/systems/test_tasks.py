@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from sv_kedro.models.factory import build_model
 from sv_kedro.systems.tasks import SpeakerClassificationTask
-from sv_kedro.training.task import TrainState
+from sv_kedro.training.task import GatheredLosses, TrainState
 
 ECAPA = {
     "architecture": "ecapa_tdnn",
@@ -57,3 +59,27 @@ def test_without_l2sp_the_logged_loss_is_the_loss() -> None:
     output = task.compute_loss(model, _batch(), TrainState(model=model))
     assert output.logged_loss is not None
     assert float(output.logged_loss) == float(output.loss.detach())
+
+
+def _next_gate_threshold(**gate_keys: float) -> float:
+    """The threshold a gated CE task sets after one epoch of skewed log-losses (one heavy
+    low-loss mode with a wide right shoulder: the two fitted Gaussians cross, the modes are
+    not well separated)."""
+    rng = np.random.default_rng(4)
+    log_losses = np.r_[rng.normal(0.0, 0.6, 1_500), rng.normal(1.2, 1.0, 500)]
+    gate = {"enabled": True, "initial_threshold": 3.0, "dlg_start_epoch": 1, **gate_keys}
+    task = SpeakerClassificationTask({"name": "ce"}, gate=gate)
+    losses = torch.from_numpy(np.exp(log_losses)).float()
+    stats = task.on_epoch_end(TrainState(epoch=0), GatheredLosses(torch.arange(2_000), losses))
+    return stats["gate_threshold_next"]
+
+
+def test_dlg_gate_keys_reach_the_fit_and_unknown_ones_are_named() -> None:
+    assert _next_gate_threshold() == 3.0  # the strict default sees one mode and keeps 3.0
+    paper = _next_gate_threshold(dlg_min_separation=0.0)
+    assert paper < 2.0  # the paper's DLG moves it between the two fitted means
+    # The lighter component weighs about 0.25: a 0.5 floor calls that one mode again.
+    assert _next_gate_threshold(dlg_min_separation=0.0, dlg_min_weight=0.5) == 3.0
+    assert _next_gate_threshold(dlg_min_separation=0.0, dlg_min_weight=0.01) == paper
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dlg_min_sep'\]"):
+        SpeakerClassificationTask({"name": "ce"}, gate={"enabled": True, "dlg_min_sep": 1.0})
