@@ -100,6 +100,33 @@ def test_shards_are_checked_against_the_training_manifest(corpus, tmp_path):
     moved = corpus.assign(path=corpus["path"].str.replace("raw", "elsewhere"))
     with pytest.raises(ShardError, match=r"shard-00000\d\.tar: holds other utterances"):
         check_shards_hold(moved, out)
+    # Labels are the manifest's business: pseudo-labels of the same utterances pass.
+    relabelled = corpus.assign(
+        speaker=[f"pseudo{k % 2}" for k in range(len(corpus))],
+        speaker_index=[k % 2 for k in range(len(corpus))],
+    )
+    assert check_shards_hold(relabelled, out)["num_utterances"] == len(corpus)
+
+
+def test_relabelling_rewrites_the_stored_labels_but_not_the_audio_check(corpus, tmp_path):
+    out = tmp_path / "shards"
+    first = write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    renamed = corpus.assign(speaker="x" + corpus["speaker"])
+    second = write_webdataset_shards(renamed, out, utterances_per_shard=5, seed=1)
+    for before, after in zip(first["shards"], second["shards"], strict=True):
+        assert before["fingerprint"] == after["fingerprint"]
+        assert before["metadata_fingerprint"] != after["metadata_fingerprint"]
+    speakers = {speaker for _, speaker, _, _ in iter_webdataset_shards(shard_paths(out))}
+    assert speakers == set(renamed["speaker"])
+
+
+def test_shards_of_an_earlier_format_are_refused_with_the_fix(corpus, tmp_path):
+    out = tmp_path / "shards"
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    index = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**index, "format": "sv_kedro.webdataset/1"}))
+    with pytest.raises(ShardError, match=r"webdataset/1.*kedro run --pipeline data_engineering"):
+        check_shards_hold(corpus, out)
 
 
 def test_a_shard_index_that_cannot_be_used_is_named(corpus, tmp_path):

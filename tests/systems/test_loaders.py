@@ -103,3 +103,26 @@ def test_shard_settings_that_cannot_work_are_refused(training_set):
     manifest.iloc[:20].to_parquet(fewer, index=False)
     with pytest.raises(ShardError, match="hold 24 utterances, the training manifest 20"):
         build_loader(_config(training_set, manifest_path=str(fewer)))
+
+
+def test_pseudo_labels_of_the_same_utterances_read_the_same_shards(training_set):
+    """ssl_pseudo_labeling relabels the manifest each round; the shards written from the
+    corpus's speakers serve every round, and batches carry the round's labels."""
+    manifest_path, _, manifest = training_set
+    pseudo = manifest.assign(
+        speaker_index=[(3 * k) % 4 for k in range(len(manifest))],
+        speaker=[f"pseudo{(3 * k) % 4:05d}" for k in range(len(manifest))],
+    )
+    pseudo_path = manifest_path.with_name("pseudo.parquet")
+    pseudo.to_parquet(pseudo_path, index=False)
+    factory = build_loader(_config(training_set, manifest_path=str(pseudo_path)))
+    assert factory.num_classes == 4
+    labels = pseudo.set_index("utt_id")["speaker_index"]
+    batches = list(factory(LoaderRequest(epoch=0, start_batch=0, rank=0, world_size=1, seed=5)))
+    assert len(batches) == 8
+    for batch in batches:
+        assert batch["labels"].tolist() == labels.loc[batch["utt_ids"]].tolist()
+    # The true speakers would have given other labels for most items.
+    truth = manifest.set_index("utt_id")["speaker_index"]
+    seen = [u for b in batches for u in b["utt_ids"]]
+    assert (labels.loc[seen].to_numpy() != truth.loc[seen].to_numpy()).sum() > len(seen) // 2

@@ -207,3 +207,17 @@ def test_decoding_only_the_crop_equals_cropping_the_whole_utterance(sharded, mod
         assert item["utt_id"] == expected["utt_id"] and item["label"] == expected["label"]
         np.testing.assert_array_equal(item["clean"], expected["clean"])
         assert item["clean"].shape == (RATE // 4,)
+
+
+def test_labels_follow_the_given_manifest_and_strangers_are_named(sharded):
+    """With ``utt_to_speaker`` the shard's stored speaker is ignored; a sample the manifest
+    lacks stops the stream naming its shard."""
+    manifest, counts = sharded
+    relabelled = {utt: f"spk{(k + 1) % 5}" for k, utt in enumerate(manifest["utt_id"])}
+    items = list(_dataset(counts, utt_to_speaker=relabelled))
+    assert len(items) == 20
+    for item in items:
+        assert item["label"] == int(relabelled[item["utt_id"]][3:])
+    missing = dict(list(relabelled.items())[1:])
+    with pytest.raises(ShardError, match=r"shard-\d+\.tar: 'spk0/utt00\.wav' is not in"):
+        list(_dataset(counts, utt_to_speaker=missing))

@@ -9,9 +9,15 @@ the key from the extension at the first dot). Utterances are shuffled with a see
 being cut into shards, so every shard mixes many speakers.
 
 Shards are written atomically, one at a time, and ``index.json`` is rewritten after each:
-it lists shard names, sample counts and a fingerprint of each shard's content. On a
-re-run a shard whose file exists with the fingerprint and size recorded in the index is
-skipped, so an interrupted run resumes where it stopped.
+it lists shard names, sample counts and two fingerprints per shard. ``fingerprint`` covers
+the audio (sample rate, ``utt_id`` and ``path`` of each sample) and is what a reader checks
+against its manifest; ``metadata_fingerprint`` adds the labels stored in the JSON. On a
+re-run a shard whose file exists with both fingerprints and the size recorded in the index
+is skipped, so an interrupted run resumes where it stopped.
+
+Training takes labels from its own manifest by ``utt_id``, never from the shard's JSON, so
+one set of shards serves any labelling of the same utterances: the corpus's speakers, or
+the pseudo-labels of each ``ssl_pseudo_labeling`` round.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
-INDEX_FORMAT = "sv_kedro.webdataset/1"
+INDEX_FORMAT = "sv_kedro.webdataset/2"
 
 
 class ShardError(RuntimeError):
@@ -45,9 +51,19 @@ class ShardError(RuntimeError):
 
 
 def _shard_fingerprint(rows: pd.DataFrame, sample_rate: int) -> str:
+    """The audio a shard holds: which utterances, from which files, at which rate."""
     digest = hashlib.sha256(f"{sample_rate}\n".encode())
-    for utt_id, speaker, path in zip(rows["utt_id"], rows["speaker"], rows["path"], strict=True):
-        digest.update(f"{utt_id}\t{speaker}\t{path}\n".encode())
+    for utt_id, path in zip(rows["utt_id"], rows["path"], strict=True):
+        digest.update(f"{utt_id}\t{path}\n".encode())
+    return digest.hexdigest()
+
+
+def _metadata_fingerprint(rows: pd.DataFrame) -> str:
+    """The labels written into the samples' JSON (informational: readers do not use them)."""
+    digest = hashlib.sha256()
+    indices = rows["speaker_index"] if "speaker_index" in rows else [""] * len(rows)
+    for utt_id, speaker, index in zip(rows["utt_id"], rows["speaker"], indices, strict=True):
+        digest.update(f"{utt_id}\t{speaker}\t{index}\n".encode())
     return digest.hexdigest()
 
 
@@ -117,13 +133,14 @@ def write_webdataset_shards(
     """Write ``manifest``'s audio as WebDataset tar shards under ``out_dir``.
 
     Audio is read from ``manifest["path"]``, downmixed to mono and resampled to
-    ``sample_rate`` when it differs. Shards already complete (same fingerprint and size as
+    ``sample_rate`` when it differs. Shards already complete (same fingerprints and size as
     recorded in ``index.json``) are kept; shard files beyond the new shard count, left by
     an earlier and larger run, are removed.
 
     Returns:
         The index written to ``out_dir/index.json``: format, seed, sample rate, totals and
-        ``shards`` = list of ``{name, count, speakers, bytes, fingerprint}``.
+        ``shards`` = list of ``{name, count, speakers, bytes, fingerprint,
+        metadata_fingerprint}``.
     """
     for column in ("utt_id", "speaker", "path"):
         if column not in manifest.columns:
@@ -145,10 +162,12 @@ def write_webdataset_shards(
         name = SHARD_PATTERN.format(shard)
         target = out_dir / name
         fingerprint = _shard_fingerprint(rows, sample_rate)
+        metadata = _metadata_fingerprint(rows)
         old = previous.get(name)
         if (
             old is not None
             and old.get("fingerprint") == fingerprint
+            and old.get("metadata_fingerprint") == metadata
             and target.is_file()
             and target.stat().st_size == old.get("bytes")
         ):
@@ -166,6 +185,7 @@ def write_webdataset_shards(
                 "speakers": int(rows["speaker"].nunique()),
                 "bytes": target.stat().st_size,
                 "fingerprint": fingerprint,
+                "metadata_fingerprint": metadata,
             }
         )
         index = _index(entries, table, seed, sample_rate, utterances_per_shard, n_shards)
@@ -211,7 +231,10 @@ def read_shard_index(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ShardError(f"{path}: not valid JSON ({exc})") from exc
     if index.get("format") != INDEX_FORMAT:
-        raise ShardError(f"{path}: format {index.get('format')!r}, expected {INDEX_FORMAT!r}")
+        raise ShardError(
+            f"{path}: format {index.get('format')!r}, expected {INDEX_FORMAT!r} (shards of an "
+            "earlier sv-kedro); write them again: kedro run --pipeline data_engineering"
+        )
     if not index.get("complete"):
         raise ShardError(f"{path}: shards are incomplete (an interrupted run); write them again")
     return index
@@ -225,9 +248,11 @@ def shard_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
 def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Check that the shards in ``out_dir`` hold exactly ``manifest``; return their index.
 
-    Every shard's fingerprint is recomputed from the manifest (the same seeded order and
-    shard size the writer used), so shards written from another manifest, another split
-    or with other paths are refused before training reads a sample from them.
+    Every shard's audio fingerprint is recomputed from the manifest (the same seeded order
+    and shard size the writer used), so shards written from another manifest, another split
+    or with other paths are refused before training reads a sample from them. Speaker
+    labels are not compared: a relabelled manifest (pseudo-labels) of the same utterances
+    reads the same shards.
     """
     index = read_shard_index(out_dir)
     if len(manifest) != index["num_utterances"]:

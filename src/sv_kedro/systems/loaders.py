@@ -33,6 +33,7 @@ shard; speaker-balanced batches and pairs need random access and stay with the m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from sv_kedro.training.data import PairDataset, SpeakerDataset, collate_padded, 
 from sv_kedro.training.samplers import PairBatchSampler, SpeakerBalancedBatchSampler
 from sv_kedro.training.shard_data import ShardDataset, SizedLoader, shard_epoch_loader
 from sv_kedro.training.task import LoaderRequest
+
+logger = logging.getLogger(__name__)
 
 AUGMENTATION_SOURCES = (
     "noise_dirs",
@@ -140,10 +143,20 @@ class SpeakerLoaderFactory:
             zip(manifest["speaker"], manifest["speaker_index"].astype(int), strict=True)
         )
         self.utt_to_index = {utt: row for row, utt in enumerate(self.dataset.utt_ids)}
+        # Labels come from this manifest, not the shards: pseudo-labels read the same shards.
+        self.utt_to_speaker = dict(
+            zip(manifest["utt_id"].astype(str), manifest["speaker"].astype(str), strict=True)
+        )
         if int(index["sample_rate"]) != rate:
             raise ValueError(
                 f"{folder}: shards are {index['sample_rate']} Hz, data.sample_rate is {rate}"
             )
+        logger.info(
+            "Training items stream from %d WebDataset shard(s) in %s; labels from %s",
+            index["num_shards"],
+            folder,
+            self.config["manifest_path"],
+        )
         return index
 
     @property
@@ -205,6 +218,7 @@ class SpeakerLoaderFactory:
             shuffle_buffer=int(self.config.get("shuffle_buffer", 1000)),
             shard_counts=counts,
             utt_to_index=self.utt_to_index,
+            utt_to_speaker=self.utt_to_speaker,
         )
         dataset.set_epoch(request.epoch)
         batch_size, workers = int(self.config["batch_size"]), int(self.config.get("num_workers", 0))

@@ -68,7 +68,9 @@ class ShardDataset(IterableDataset):
     ``(k div num_replicas) mod num_workers``, so no utterance is read twice per epoch.
     Items are as for ``SpeakerDataset``: ``index`` from ``utt_to_index`` (-1 when not
     given), labels from ``speaker_to_index`` (-1 for unknown speakers), random draws seeded
-    by ``(seed, epoch, crc32(utt_id))``. Ranks can receive different numbers of utterances
+    by ``(seed, epoch, crc32(utt_id))``. The speaker is ``utt_to_speaker[utt_id]`` when that
+    mapping is given (the training manifest's labels, e.g. pseudo-labels), else the one
+    stored in the shard. Ranks can receive different numbers of utterances
     (one shard's worth at most); give each rank at least one shard per worker.
     ``shuffle_buffer`` > 0 shuffles items within a worker's stream (the buffer holds
     encoded samples, not waveforms).
@@ -94,6 +96,7 @@ class ShardDataset(IterableDataset):
         shard_counts: Mapping[str, int] | None = None,
         utt_to_index: Mapping[str, int] | None = None,
         reader: ShardReader | None = None,
+        utt_to_speaker: Mapping[str, str] | None = None,
     ) -> None:
         if not shard_paths:
             raise ValueError("ShardDataset needs at least one shard")
@@ -110,6 +113,7 @@ class ShardDataset(IterableDataset):
         self.crop, self.augmenter, self.sample_rate = crop, augmenter, int(sample_rate)
         self.speaker_to_index = dict(speaker_to_index or {})
         self.utt_to_index = dict(utt_to_index or {})
+        self.utt_to_speaker = dict(utt_to_speaker) if utt_to_speaker is not None else None
         self.return_clean, self.seed, self.epoch = return_clean, int(seed), 0
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.shuffle_shards, self.shuffle_buffer = shuffle_shards, int(shuffle_buffer)
@@ -184,10 +188,14 @@ class ShardDataset(IterableDataset):
 
     def _item(self, record: ShardRecord) -> dict[str, Any]:
         utt_id = str(record.metadata()["utt_id"])
+        if self.utt_to_speaker is not None and utt_id not in self.utt_to_speaker:
+            raise ShardError(f"{record.shard}: {utt_id!r} is not in the training manifest")
         key = zlib.crc32(utt_id.encode())
         rng = np.random.default_rng([self.seed, self.epoch, key])
         factor = self.augmenter.draw_speed(rng) if self.augmenter else 1.0
         speaker, clean = self._clean_wave(record, factor, rng, key)
+        if self.utt_to_speaker is not None:
+            speaker = self.utt_to_speaker[utt_id]
         augmented = self.augmenter(clean, rng, speaker) if self.augmenter else clean
         label = int(self.speaker_to_index.get(speaker, -1))
         index = int(self.utt_to_index.get(utt_id, -1))
