@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -24,6 +25,7 @@ from sv_kedro.datasets import EmbeddingsDataset
 from sv_kedro.pipelines.ssl_pseudo_labeling import create_pipeline, evaluated_systems
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes as ssl_nodes
 from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
+    deep_merge,
     fine_tune_first_round_from_scratch,
     fine_tune_round,
     pseudo_labeled_manifest,
@@ -354,3 +356,70 @@ def test_duplicate_keys_in_compact_embeddings_stop_the_run(
     with pytest.raises(Exception, match=duplicated.replace(".", r"\.")) as caught:
         _bad_run(ssl_project, folder)
     assert "duplicate" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
+    project_root: Path, tmp_path: Path
+) -> None:
+    """data_engineering writes shards labelled with the corpus's speakers; DINO and a
+    pseudo-label round (the shipped base settings, shortened) then train from them while
+    the training audio is moved away. The round's labels come from its manifest: the 8 true
+    speakers stored in the shards mean nothing to its 3-way classifier."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    shutil.copytree(project_root / "conf", project / "conf")
+    shutil.copy(project_root / "pyproject.toml", project / "pyproject.toml")
+    corpus = {
+        "data_engineering": {
+            "synthetic": {
+                "corpus": {
+                    "n_speakers": 10,
+                    "utterances_per_speaker": 8,
+                    "min_duration_s": 1.2,
+                    "max_duration_s": 1.8,
+                }
+            },
+            "split": {"test_speakers": 2, "validation_ratio": 0.25},
+            "trials": {"targets_per_utt": 2, "nontargets_per_utt": 4},
+            "validation_pairs": {"n_pairs": 16},
+            "shards": {"enabled": True, "utterances_per_shard": 8},
+        }
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        _run(project, "data_engineering", corpus)
+    index = json.loads((project / "data/04_feature/train_shard_index.json").read_text())
+    train = pd.read_parquet(project / "data/05_model_input/train_manifest.parquet")
+    assert train["speaker"].nunique() == 8 and index["num_utterances"] == len(train)
+    shipped = yaml.safe_load(
+        (project_root / "conf/base/parameters_ssl_pseudo_labeling.yml").read_text()
+    )["ssl_pseudo_labeling"]
+    data = {
+        "shard_dir": index["out_dir"],
+        "shuffle_buffer": 16,
+        "batch_size": 8,
+        # Babble reads other training files, which are away in this test.
+        "augmentation": {"weights": {"none": 1, "reverb": 1, "babble": 0}, "simulated_rirs": 4},
+    }
+    dino = deep_merge(shipped["dino"], {"training": {"epochs": 1}, "data": data})
+    finetune = deep_merge(shipped["finetune"], {"training": {"epochs": 2}, "data": data})
+    run = {"work_dir": str(tmp_path / "work"), "resume": True, "torch_threads": 1}
+    pseudo = pd.DataFrame({"utt_id": train["utt_id"], "speaker_index": np.arange(len(train)) % 3})
+    moved = [Path(project, path) for path in train["path"]]
+    for path in moved:
+        path.rename(path.with_name(path.name + ".away"))
+    try:
+        encoder, dino_metrics = ssl_nodes.train_dino_encoder(train, dino, run)
+        checkpoint, metrics, _ = fine_tune_round(
+            pseudo, None, train, encoder, finetune, run, "iter_1"
+        )
+    finally:
+        for path in moved:
+            path.with_name(path.name + ".away").rename(path)
+    assert np.isfinite(dino_metrics["loss"].dropna()).all()
+    # 64 utterances in shards of 8, full batches of 8: up to 8 steps an epoch.
+    assert 0 < encoder["training_state"]["step"] <= 8
+    assert checkpoint["model_config"]["n_classes"] == 3
+    assert checkpoint["training_state"]["step"] > encoder["training_state"]["step"]
+    assert np.isfinite(metrics["loss"].dropna()).all()

@@ -1,10 +1,12 @@
 """DINO self-supervised training through the project's training loop (resume and DDP included).
 
-- ``MultiCropDataset``: per utterance, ``n_global`` long and ``n_local`` short random crops,
-  each augmented on its own (reverb from a simulated RIR bank, babble from other utterances
-  of the corpus, noise files when given). No label is read.
+- ``MultiCropDataset`` (``training.multicrop_data``): per utterance, ``n_global`` long and
+  ``n_local`` short random crops, each augmented on its own (reverb from a simulated RIR
+  bank, babble from other utterances of the corpus, noise files when given). No label is
+  read.
 - ``DinoLoaderFactory``: seeded, rank-sharded shuffled batches (``ShardedShuffleBatchSampler``)
-  that skip at the index level on resume.
+  that skip at the index level on resume; with ``data.shard_dir``, the same items streamed
+  from data_engineering's WebDataset shards (``MultiCropShardDataset``).
 - ``DinoTask``: a ``TrainingTask`` whose ``compute_loss`` first moves the EMA teacher towards
   the student the previous optimiser step produced, then runs student and teacher and
   returns the per-utterance DINO loss; it updates the teacher centre (averaged over
@@ -25,27 +27,33 @@ Config of the task (``dino`` parameters)::
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from sv_kedro.audio.crops import crop_array
-from sv_kedro.audio.io import read_audio, to_mono
-from sv_kedro.audio.rir import resample_poly
+from sv_kedro.corpus.shards import check_shards_hold
 from sv_kedro.models.dino import cosine_schedule, dino_loss, normalize_dino_config
 from sv_kedro.systems.loaders import build_augmenter
 from sv_kedro.training.batches import ShardedShuffleBatchSampler, SkipBatches
 from sv_kedro.training.checkpoint import load_checkpoint
 from sv_kedro.training.jobs import TrainingJob, launch_training
 from sv_kedro.training.launcher import DistributedConfig
+from sv_kedro.training.multicrop_data import (
+    MultiCropDataset,
+    MultiCropShardDataset,
+    collate_multicrop,
+)
+from sv_kedro.training.shard_data import shard_epoch_loader
 from sv_kedro.training.task import LoaderRequest, StepOutput, TrainState, unwrap_model
 from sv_kedro.utils.atomic import atomic_write_path
+
+logger = logging.getLogger(__name__)
 
 TASK_DEFAULTS: dict[str, float] = {
     "student_temperature": 0.1,
@@ -66,94 +74,9 @@ LOADER_DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000,
     "num_workers": 0,
     "augmentation": None,
+    "shard_dir": None,  # read data_engineering's WebDataset shards instead of the files
+    "shuffle_buffer": 1000,  # with shard_dir: items shuffled within each worker's stream
 }
-
-
-class MultiCropDataset(Dataset):
-    """``{"global": float32 [G, Tg], "local": float32 [L, Tl], "index": int}`` per utterance.
-
-    Crops are drawn at random positions of the utterance (its first ``max_read_seconds``;
-    shorter utterances are wrap-padded) from ``(seed, epoch, index)``, so an epoch replays
-    exactly on resume. ``augmenter`` (may be ``None``) is applied to each crop separately.
-    """
-
-    def __init__(
-        self,
-        manifest: pd.DataFrame,
-        global_seconds: float,
-        local_seconds: float,
-        global_crops: int = 2,
-        local_crops: int = 4,
-        augmenter: Any = None,
-        sample_rate: int = 16000,
-        max_read_seconds: float = 12.0,
-        seed: int = 0,
-    ) -> None:
-        missing = [c for c in ("utt_id", "path", "num_frames", "sample_rate") if c not in manifest]
-        if missing:
-            raise ValueError(f"DINO manifest lacks column(s) {missing}")
-        if global_crops < 1 or local_crops < 0 or global_crops + local_crops < 2:
-            raise ValueError(
-                f"DINO needs >= 1 global crop and >= 2 crops in all, got {global_crops} global "
-                f"and {local_crops} local"
-            )
-        self.utt_ids = manifest["utt_id"].astype(str).tolist()
-        self.paths = manifest["path"].astype(str).tolist()
-        self.num_frames = manifest["num_frames"].astype(np.int64).to_numpy()
-        self.file_rates = manifest["sample_rate"].astype(np.int64).to_numpy()
-        self.sample_rate = int(sample_rate)
-        self.global_frames = round(global_seconds * sample_rate)
-        self.local_frames = round(local_seconds * sample_rate)
-        self.global_crops, self.local_crops = int(global_crops), int(local_crops)
-        self.augmenter = augmenter
-        self.max_read_seconds = float(max_read_seconds)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.utt_ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _read(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        rate = int(self.file_rates[index])
-        window = min(int(self.num_frames[index]), round(self.max_read_seconds * rate))
-        offset = int(rng.integers(0, int(self.num_frames[index]) - window + 1))
-        wave = to_mono(read_audio(self.paths[index], offset, window)[0])
-        return resample_poly(wave, rate, self.sample_rate)
-
-    def _crops(
-        self, wave: np.ndarray, frames: int, count: int, rng: np.random.Generator, utt_id: str
-    ) -> np.ndarray:
-        crops = []
-        for _ in range(count):
-            crop = crop_array(wave, frames, "random", rng)
-            if self.augmenter is not None:
-                # The utterance is its own "speaker": babble comes from other utterances.
-                crop = self.augmenter(crop, rng, utt_id)
-            crops.append(np.asarray(crop, dtype=np.float32))
-        return np.stack(crops) if crops else np.zeros((0, frames), dtype=np.float32)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        wave = self._read(index, rng)
-        utt = self.utt_ids[index]
-        return {
-            "global": self._crops(wave, self.global_frames, self.global_crops, rng, utt),
-            "local": self._crops(wave, self.local_frames, self.local_crops, rng, utt),
-            "index": index,
-        }
-
-
-def collate_multicrop(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-    """``global [B, G, Tg]``, ``local [B, L, Tl]``, ``indices [B]``."""
-    return {
-        "global": torch.from_numpy(np.stack([item["global"] for item in items])),
-        "local": torch.from_numpy(np.stack([item["local"] for item in items])),
-        "indices": torch.tensor([int(item["index"]) for item in items], dtype=torch.int64),
-    }
 
 
 class DinoLoaderFactory:
@@ -184,8 +107,25 @@ class DinoLoaderFactory:
             float(self.config["max_read_seconds"]),
             seed,
         )
+        self.shard_index: dict[str, Any] | None = None
+        if self.config["shard_dir"]:
+            folder = self.config["shard_dir"]
+            self.shard_index = check_shards_hold(manifest, folder)
+            if int(self.shard_index["sample_rate"]) != rate:
+                raise ValueError(
+                    f"{folder}: shards are {self.shard_index['sample_rate']} Hz, "
+                    f"dino data.sample_rate is {rate}"
+                )
+            self.utt_to_index = {utt: row for row, utt in enumerate(self.dataset.utt_ids)}
+            logger.info(
+                "DINO items stream from %d WebDataset shard(s) in %s",
+                self.shard_index["num_shards"],
+                folder,
+            )
 
-    def __call__(self, request: LoaderRequest) -> DataLoader:
+    def __call__(self, request: LoaderRequest) -> Any:
+        if self.shard_index is not None:
+            return self._shard_loader(request)
         sampler = ShardedShuffleBatchSampler(
             len(self.dataset),
             int(self.config["batch_size"]),
@@ -201,6 +141,26 @@ class DinoLoaderFactory:
             collate_fn=collate_multicrop,
             num_workers=int(self.config["num_workers"]),
             persistent_workers=False,
+        )
+
+    def _shard_loader(self, request: LoaderRequest) -> Any:
+        assert self.shard_index is not None
+        folder = Path(self.config["shard_dir"])
+        counts = {str(folder / e["name"]): int(e["count"]) for e in self.shard_index["shards"]}
+        dataset = MultiCropShardDataset(
+            list(counts),
+            self.dataset.views,
+            self.utt_to_index,
+            seed=request.seed,
+            num_replicas=request.world_size,
+            rank=request.rank,
+            shuffle_buffer=int(self.config["shuffle_buffer"]),
+            shard_counts=counts,
+        )
+        dataset.set_epoch(request.epoch)
+        batch_size, workers = int(self.config["batch_size"]), int(self.config["num_workers"])
+        return shard_epoch_loader(
+            dataset, batch_size, workers, request.start_batch, collate_multicrop
         )
 
 
@@ -280,6 +240,8 @@ def build_dino_loader(config: Mapping[str, Any]) -> DinoLoaderFactory:
 
 
 def _planned_steps(n_items: int, data: Mapping[str, Any], training: Mapping[str, Any], world: int):
+    # From shards an epoch can be a few batches shorter (each loader worker drops its own
+    # partial batch): the EMA ramp then stops just short of ema_momentum_end.
     batches = n_items // (int(data.get("batch_size", LOADER_DEFAULTS["batch_size"])) * world)
     if batches == 0:
         raise ValueError(
