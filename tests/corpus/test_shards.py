@@ -127,6 +127,15 @@ def test_shards_of_an_earlier_format_are_refused_with_the_fix(corpus, tmp_path):
     (out / "index.json").write_text(json.dumps({**index, "format": "sv_kedro.webdataset/1"}))
     with pytest.raises(ShardError, match=r"webdataset/1.*kedro run --pipeline data_engineering"):
         check_shards_hold(corpus, out)
+    # The suggested fix works: writing again upgrades the index.
+    old_entries = [
+        {k: v for k, v in e.items() if k != "metadata_fingerprint"} for e in index["shards"]
+    ]
+    (out / "index.json").write_text(
+        json.dumps({**index, "format": "sv_kedro.webdataset/1", "shards": old_entries})
+    )
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    assert check_shards_hold(corpus, out)["format"] == "sv_kedro.webdataset/2"
 
 
 def test_a_shard_index_that_cannot_be_used_is_named(corpus, tmp_path):
