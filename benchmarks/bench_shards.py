@@ -10,11 +10,15 @@ with batch 32, in random order, with no augmentation, so only reading and decodi
   utterances per shard by default), each worker streaming whole tar files front to back
   through a shuffle buffer of 1,000 encoded samples and decoding each utterance whole.
 
+``--task dino`` compares DINO's multi-crop items instead (2 global crops of 3 s and 4 local
+of 2 s per utterance, from a window of at most 12 s, the paper's settings): files through
+``MultiCropDataset``, shards through ``MultiCropShardDataset``; both decode the window only.
+
 Before every pass the page cache is dropped when the process may (root on Linux), so each
 pass reads from the disk as a first epoch of a corpus larger than memory would; otherwise
 the passes are warm and the script says so. Sides take turns; medians are reported.
 
-Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3]``.
+Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3] [--task dino]``.
 Skips (exit 0) with a message when the shared data folder is absent.
 """
 
@@ -26,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +40,12 @@ from sv_kedro.audio.crops import CropSpec
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.corpus.shards import read_shard_index, write_webdataset_shards
 from sv_kedro.training.data import SpeakerDataset, collate_padded
+from sv_kedro.training.multicrop_data import (
+    MultiCropDataset,
+    MultiCropShardDataset,
+    MultiCropViews,
+    collate_multicrop,
+)
 from sv_kedro.training.shard_data import ShardDataset
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -55,14 +66,15 @@ def measure(dataset, workers: int, batch_size: int, shuffle: bool) -> tuple[floa
     """(utterances per second over one pass, whether the cache was dropped first)."""
     cold = drop_page_cache()
     start = time.perf_counter()
+    dino = isinstance(dataset, (MultiCropDataset, MultiCropShardDataset))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        collate_fn=collate_padded,
+        collate_fn=collate_multicrop if dino else collate_padded,
     )
-    count = sum(batch["waves"].shape[0] for batch in loader)
+    count = sum(len(batch["indices"] if dino else batch["waves"]) for batch in loader)
     return count / (time.perf_counter() - start), cold
 
 
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances-per-shard", type=int, default=1000)
     parser.add_argument("--shuffle-buffer", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="passes per side (medians)")
+    parser.add_argument("--task", choices=["speaker", "dino"], default="speaker")
     args = parser.parse_args(argv)
     if not (args.data / SPEECH_CORPORA[0]).is_dir():
         print(f"SKIP: {args.data} (real speech for benchmarks) is absent")
@@ -90,23 +103,29 @@ def main(argv: list[str] | None = None) -> int:
         written_s = time.perf_counter() - started
         index = read_shard_index(tmp)
         counts = {str(Path(tmp) / e["name"]): e["count"] for e in index["shards"]}
-        files = SpeakerDataset(manifest, crop, seed=0)
-        shards = ShardDataset(
-            list(counts),
-            crop,
-            speaker_to_index=dict(zip(manifest["speaker"], manifest["speaker_index"], strict=True)),
-            seed=0,
-            num_replicas=1,
-            rank=0,
-            shuffle_buffer=args.shuffle_buffer,
-            shard_counts=counts,
-        )
+        stream = {
+            "seed": 0,
+            "num_replicas": 1,
+            "rank": 0,
+            "shuffle_buffer": args.shuffle_buffer,
+            "shard_counts": counts,
+        }
+        if args.task == "dino":
+            views = MultiCropViews(3.0, 2.0, 2, 4, max_read_seconds=12.0)
+            files: Any = MultiCropDataset(manifest, 3.0, 2.0, 2, 4, max_read_seconds=12.0)
+            rows = {utt: row for row, utt in enumerate(manifest["utt_id"])}
+            shards: Any = MultiCropShardDataset(list(counts), views, rows, **stream)
+        else:
+            files = SpeakerDataset(manifest, crop, seed=0)
+            speakers = dict(zip(manifest["speaker"], manifest["speaker_index"], strict=True))
+            shards = ShardDataset(list(counts), crop, speaker_to_index=speakers, **stream)
         source_mb = manifest["path"].map(os.path.getsize).sum() / 1e6
         shard_mb = sum(e["bytes"] for e in index["shards"]) / 1e6
         print(
             f"{len(manifest)} utterances ({manifest['duration'].sum() / 3600:.2f} h, "
             f"{source_mb:.0f} MB of files) -> {len(counts)} shards ({shard_mb:.0f} MB) written "
-            f"in {written_s:.1f} s; {args.crop_seconds:g}-s crops, batch {args.batch_size}"
+            f"in {written_s:.1f} s; batch {args.batch_size}, "
+            + ("DINO multi-crop items" if args.task == "dino" else f"{args.crop_seconds:g}-s crops")
         )
         print(f"{'workers':>7} {'shards utt/s':>13} {'files utt/s':>12} {'ratio':>7}  cache")
         for workers in args.workers:
