@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from sv_kedro.audio.crops import CropSpec
 from sv_kedro.corpus.folder_source import scan_folder_roots
-from sv_kedro.corpus.shards import read_shard_index, write_webdataset_shards
+from sv_kedro.corpus.shards import read_shard_index, shard_counts, write_webdataset_shards
 from sv_kedro.training.data import SpeakerDataset, collate_padded
 from sv_kedro.training.multicrop_data import (
     MultiCropDataset,
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         write_webdataset_shards(manifest, tmp, args.utterances_per_shard, seed=0)
         written_s = time.perf_counter() - started
         index = read_shard_index(tmp)
-        counts = {str(Path(tmp) / e["name"]): e["count"] for e in index["shards"]}
+        counts = shard_counts(tmp, index)
         stream = {
             "seed": 0,
             "num_replicas": 1,

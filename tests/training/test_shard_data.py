@@ -14,6 +14,7 @@ from sv_kedro.corpus.shards import (
     ShardError,
     iter_shard_records,
     read_shard_index,
+    shard_counts,
     shard_paths,
     write_webdataset_shards,
 )
@@ -53,7 +54,7 @@ def sharded(tmp_path_factory) -> tuple[pd.DataFrame, dict[str, int]]:
     out = root / "shards"
     write_webdataset_shards(manifest, out, utterances_per_shard=3, seed=2)
     index = read_shard_index(out)
-    return manifest, {str(out / e["name"]): e["count"] for e in index["shards"]}
+    return manifest, shard_counts(out, index)
 
 
 def _dataset(counts, rank=0, replicas=1, buffer=4, **kwargs) -> ShardDataset:

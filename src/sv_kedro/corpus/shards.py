@@ -245,6 +245,15 @@ def shard_paths(out_dir: str | os.PathLike[str]) -> list[Path]:
     return [Path(out_dir) / entry["name"] for entry in read_shard_index(out_dir)["shards"]]
 
 
+def shard_counts(
+    out_dir: str | os.PathLike[str], index: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """``{shard path: samples}`` for the shards ``index`` lists (read from
+    ``out_dir/index.json`` when not given), in order: what the shard streams size with."""
+    index = read_shard_index(out_dir) if index is None else index
+    return {str(Path(out_dir) / entry["name"]): int(entry["count"]) for entry in index["shards"]}
+
+
 def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Check that the shards in ``out_dir`` hold exactly ``manifest``; return their index.
 

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from sv_kedro.corpus.shards import check_shards_hold
+from sv_kedro.corpus.shards import check_shards_hold, shard_counts
 from sv_kedro.models.dino import cosine_schedule, dino_loss, normalize_dino_config
 from sv_kedro.systems.loaders import build_augmenter
 from sv_kedro.training.batches import ShardedShuffleBatchSampler, SkipBatches
@@ -145,8 +145,7 @@ class DinoLoaderFactory:
 
     def _shard_loader(self, request: LoaderRequest) -> Any:
         assert self.shard_index is not None
-        folder = Path(self.config["shard_dir"])
-        counts = {str(folder / e["name"]): int(e["count"]) for e in self.shard_index["shards"]}
+        counts = shard_counts(self.config["shard_dir"], self.shard_index)
         dataset = MultiCropShardDataset(
             list(counts),
             self.dataset.views,

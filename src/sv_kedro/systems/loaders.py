@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -44,7 +43,7 @@ from torch.utils.data import DataLoader
 from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter, BabbleSource, NoiseBank
 from sv_kedro.audio.crops import CropSpec
 from sv_kedro.audio.rir import RirBank
-from sv_kedro.corpus.shards import check_shards_hold
+from sv_kedro.corpus.shards import check_shards_hold, shard_counts
 from sv_kedro.training.batches import SkipBatches
 from sv_kedro.training.data import PairDataset, SpeakerDataset, collate_padded, collate_pairs
 from sv_kedro.training.samplers import PairBatchSampler, SpeakerBalancedBatchSampler
@@ -203,8 +202,7 @@ class SpeakerLoaderFactory:
 
     def _shard_loader(self, request: LoaderRequest) -> SizedLoader:
         assert self.shard_index is not None
-        folder = Path(self.config["shard_dir"])
-        counts = {str(folder / e["name"]): int(e["count"]) for e in self.shard_index["shards"]}
+        counts = shard_counts(self.config["shard_dir"], self.shard_index)
         dataset = ShardDataset(
             list(counts),
             self.dataset.crop,
