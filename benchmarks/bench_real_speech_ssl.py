@@ -59,6 +59,7 @@ import yaml
 
 from sv_kedro.api import model_from_checkpoint
 from sv_kedro.corpus.folder_source import scan_folder_roots
+from sv_kedro.losses.gate_plot import gate_records
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
 from sv_kedro.scoring.cosine import cosine_scores
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
@@ -157,12 +158,11 @@ def parameters(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
 def gate_summary(checkpoint: dict) -> dict[str, list[float]] | None:
     """Per epoch of a round: the log-loss threshold used, the share of samples it kept and
     the median log-loss (from the task's histograms); ``None`` without a gate."""
-    task = ((checkpoint.get("training_state") or {}).get("loss_gate") or {}).get("task") or {}
-    history = (task.get("gate") or {}).get("history") or []
+    history, histograms = gate_records(checkpoint)
     if not history:
         return None
     medians = []
-    for entry in task.get("loss_histograms") or []:
+    for entry in histograms.values():
         counts, edges = np.asarray(entry["counts"]), np.asarray(entry["edges"])
         if counts.sum() == 0:
             medians.append(float("nan"))

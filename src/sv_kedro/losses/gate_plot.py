@@ -15,12 +15,22 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def gate_figure(checkpoint: Mapping[str, Any], title: str = "") -> Figure:
-    """Loss-gate threshold per epoch (left) and the last DLG fit: the 2-component GMM over
-    the histogram of that epoch's per-sample log-losses, with the threshold (right)."""
+def gate_records(
+    checkpoint: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """The loss gate a checkpoint's training task kept: its ``history`` (one entry per
+    finished epoch) and each epoch's log-loss histogram ``{epoch: {"edges", "counts"}}``;
+    both empty when the run had no gate."""
     task = ((checkpoint.get("training_state") or {}).get("loss_gate") or {}).get("task") or {}
     history = (task.get("gate") or {}).get("history") or []
     histograms = {int(h["epoch"]): h for h in task.get("loss_histograms") or []}
+    return list(history), histograms
+
+
+def gate_figure(checkpoint: Mapping[str, Any], title: str = "") -> Figure:
+    """Loss-gate threshold per epoch (left) and the last DLG fit: the 2-component GMM over
+    the histogram of that epoch's per-sample log-losses, with the threshold (right)."""
+    history, histograms = gate_records(checkpoint)
     figure = Figure(figsize=(10.0, 4.0), layout="constrained")
     left, right = figure.subplots(1, 2)
     if not history:
