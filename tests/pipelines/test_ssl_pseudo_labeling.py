@@ -360,16 +360,13 @@ def test_duplicate_keys_in_compact_embeddings_stop_the_run(
 
 @pytest.mark.slow
 def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
-    project_root: Path, tmp_path: Path
+    kedro_project: Path, tmp_path: Path
 ) -> None:
     """data_engineering writes shards labelled with the corpus's speakers; DINO and a
     pseudo-label round (the shipped base settings, shortened) then train from them while
     the training audio is moved away. The round's labels come from its manifest: the 8 true
     speakers stored in the shards mean nothing to its 3-way classifier."""
-    project = tmp_path / "project"
-    (project / "src").mkdir(parents=True)
-    shutil.copytree(project_root / "conf", project / "conf")
-    shutil.copy(project_root / "pyproject.toml", project / "pyproject.toml")
+    project = kedro_project
     corpus = {
         "data_engineering": {
             "synthetic": {
@@ -386,14 +383,12 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
             "shards": {"enabled": True, "utterances_per_shard": 8},
         }
     }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
-        _run(project, "data_engineering", corpus)
+    _run(project, "data_engineering", corpus)
     index = json.loads((project / "data/04_feature/train_shard_index.json").read_text())
     train = pd.read_parquet(project / "data/05_model_input/train_manifest.parquet")
     assert train["speaker"].nunique() == 8 and index["num_utterances"] == len(train)
     shipped = yaml.safe_load(
-        (project_root / "conf/base/parameters_ssl_pseudo_labeling.yml").read_text()
+        (project / "conf/base/parameters_ssl_pseudo_labeling.yml").read_text()
     )["ssl_pseudo_labeling"]
     data = {
         "shard_dir": index["out_dir"],
