@@ -1,0 +1,128 @@
+"""Random access by ``utt_id`` to the audio in WebDataset shards.
+
+Training streams shards front to back (``training.shard_data``). Embedding extraction
+wants utterances in length order instead, so :class:`ShardAudioReader` first records
+where each sample's FLAC bytes lie inside its tar: one pass over the tar headers and the
+small JSON members, no audio decoded. An utterance is then one seek and one read in a
+file that is already open, instead of opening the utterance's own file; the training audio
+need not stay beside its shards at all.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import soundfile as sf
+
+from sv_kedro.corpus.shards import ShardError, read_shard_index
+
+
+class ShardAudioReader:
+    """The waveforms of the shards in ``out_dir`` (a complete set with its ``index.json``).
+
+    ``read(utt_id)`` returns ``(waveform float32 [time], sample_rate)``. Open files are
+    per process and are not pickled, so the reader can go to DataLoader workers.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+        self._handles: dict[int, BinaryIO] = {}
+        self.out_dir = Path(out_dir)
+        index = read_shard_index(self.out_dir)
+        self.sample_rate = int(index["sample_rate"])
+        self.fingerprint = "\n".join(entry["fingerprint"] for entry in index["shards"])
+        self.shards = [self.out_dir / entry["name"] for entry in index["shards"]]
+        # utt_id -> (shard number, byte offset of the FLAC data, its size)
+        self.locations: dict[str, tuple[int, int, int]] = {}
+        for number, (shard, entry) in enumerate(zip(self.shards, index["shards"], strict=True)):
+            found = self._scan(number, shard)
+            if found != int(entry["count"]):
+                raise ShardError(
+                    f"{shard}: holds {found} samples, its index says {entry['count']}; "
+                    "write the shards again"
+                )
+
+    def _scan(self, number: int, shard: Path) -> int:
+        """Record the FLAC location of every sample of one shard; returns the samples."""
+        flac: dict[str, tuple[int, int]] = {}
+        utt_ids: dict[str, str] = {}
+        try:
+            with tarfile.open(shard, "r:") as archive:
+                for member in archive:
+                    if not member.isfile():
+                        continue
+                    key, _, extension = member.name.rsplit("/", 1)[-1].partition(".")
+                    if extension == "flac":
+                        flac[key] = (member.offset_data, member.size)
+                    elif extension == "json":
+                        handle = archive.extractfile(member)
+                        assert handle is not None  # isfile() members always have data
+                        utt_ids[key] = str(json.loads(handle.read())["utt_id"])
+        except (tarfile.TarError, OSError, ValueError, KeyError) as exc:
+            raise ShardError(f"{shard}: cannot index its samples ({exc!r})") from exc
+        unpaired = sorted(set(flac) ^ set(utt_ids))
+        if unpaired:
+            raise ShardError(f"{shard}: sample {unpaired[0]!r} lacks its audio or its metadata")
+        for key, utt_id in utt_ids.items():
+            if utt_id in self.locations:
+                other = self.shards[self.locations[utt_id][0]]
+                raise ShardError(f"{shard}: {utt_id!r} is stored twice (also in {other})")
+            self.locations[utt_id] = (number, *flac[key])
+        return len(utt_ids)
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def __contains__(self, utt_id: object) -> bool:
+        return utt_id in self.locations
+
+    def missing(self, utt_ids: list[str]) -> list[str]:
+        """The ``utt_ids`` that no shard holds, in the given order."""
+        return [utt_id for utt_id in utt_ids if utt_id not in self.locations]
+
+    def _handle(self, number: int) -> BinaryIO:
+        handle = self._handles.get(number)
+        if handle is None:
+            handle = self._handles[number] = open(self.shards[number], "rb")
+        return handle
+
+    def read(self, utt_id: str) -> tuple[np.ndarray, int]:
+        """``(waveform float32 [time], sample_rate)`` of ``utt_id``; errors name the shard."""
+        if utt_id not in self.locations:
+            raise ShardError(f"{self.out_dir}: no shard holds {utt_id!r}")
+        number, offset, size = self.locations[utt_id]
+        handle = self._handle(number)
+        handle.seek(offset)
+        data = handle.read(size)
+        if len(data) != size:
+            raise ShardError(f"{self.shards[number]}: {utt_id!r} is cut short (truncated tar?)")
+        try:
+            wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+        except Exception as exc:
+            raise ShardError(
+                f"{self.shards[number]}: {utt_id!r} cannot be decoded ({exc})"
+            ) from exc
+        if rate != self.sample_rate:
+            raise ShardError(
+                f"{self.shards[number]}: {utt_id!r} is {rate} Hz, the index says "
+                f"{self.sample_rate} Hz"
+            )
+        return np.ascontiguousarray(wave), int(rate)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def __del__(self) -> None:
+        self.close()
