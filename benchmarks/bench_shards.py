@@ -14,11 +14,17 @@ with batch 32, in random order, with no augmentation, so only reading and decodi
 of 2 s per utterance, from a window of at most 12 s, the paper's settings): files through
 ``MultiCropDataset``, shards through ``MultiCropShardDataset``; both decode the window only.
 
+``--task extraction`` compares what embedding extraction reads (whole utterances, capped at
+20 s, in the length-bucketed batches of ``scoring.extraction``, no model): files through
+``EvaluationDataset``, shards through the same dataset with a ``ShardAudioReader``, whose
+index of the tars (built inside the timed pass) turns each utterance into one seek and read.
+
 Before every pass the page cache is dropped when the process may (root on Linux), so each
 pass reads from the disk as a first epoch of a corpus larger than memory would; otherwise
 the passes are warm and the script says so. Sides take turns; medians are reported.
 
-Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3] [--task dino]``.
+Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3] [--task dino]``
+(or ``--task extraction``).
 Skips (exit 0) with a message when the shared data folder is absent.
 """
 
@@ -38,8 +44,16 @@ from torch.utils.data import DataLoader
 
 from sv_kedro.audio.crops import CropSpec
 from sv_kedro.corpus.folder_source import scan_folder_roots
+from sv_kedro.corpus.shard_access import ShardAudioReader
 from sv_kedro.corpus.shards import read_shard_index, shard_counts, write_webdataset_shards
-from sv_kedro.training.data import SpeakerDataset, collate_padded
+from sv_kedro.scoring.extraction import CPU_BATCH_SECONDS
+from sv_kedro.training.data import (
+    EvaluationDataset,
+    SpeakerDataset,
+    bucket_by_length,
+    collate_evaluation,
+    collate_padded,
+)
 from sv_kedro.training.multicrop_data import (
     MultiCropDataset,
     MultiCropShardDataset,
@@ -78,6 +92,20 @@ def measure(dataset, workers: int, batch_size: int, shuffle: bool) -> tuple[floa
     return count / (time.perf_counter() - start), cold
 
 
+def measure_extraction(manifest, shard_dir: str | None, workers: int) -> tuple[float, bool]:
+    """Extraction's reads: whole utterances in length buckets, from shards or files."""
+    cold = drop_page_cache()
+    start = time.perf_counter()
+    reader = ShardAudioReader(shard_dir) if shard_dir else None
+    dataset = EvaluationDataset(manifest, n_crops=0, max_seconds=20.0, shards=reader)
+    batches = bucket_by_length(dataset.durations, CPU_BATCH_SECONDS, 64)
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate_evaluation, num_workers=workers
+    )
+    count = sum(len(batch["indices"]) for batch in loader)
+    return count / (time.perf_counter() - start), cold
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -87,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances-per-shard", type=int, default=1000)
     parser.add_argument("--shuffle-buffer", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="passes per side (medians)")
-    parser.add_argument("--task", choices=["speaker", "dino"], default="speaker")
+    parser.add_argument("--task", choices=["speaker", "dino", "extraction"], default="speaker")
     args = parser.parse_args(argv)
     if not (args.data / SPEECH_CORPORA[0]).is_dir():
         print(f"SKIP: {args.data} (real speech for benchmarks) is absent")
@@ -125,17 +153,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(manifest)} utterances ({manifest['duration'].sum() / 3600:.2f} h, "
             f"{source_mb:.0f} MB of files) -> {len(counts)} shards ({shard_mb:.0f} MB) written "
             f"in {written_s:.1f} s; batch {args.batch_size}, "
-            + ("DINO multi-crop items" if args.task == "dino" else f"{args.crop_seconds:g}-s crops")
+            + {
+                "dino": "DINO multi-crop items",
+                "extraction": "whole utterances in extraction's length buckets",
+            }.get(args.task, f"{args.crop_seconds:g}-s crops")
         )
         print(f"{'workers':>7} {'shards utt/s':>13} {'files utt/s':>12} {'ratio':>7}  cache")
         for workers in args.workers:
             shard_rates, file_rates, colds = [], [], []
             for turn in range(args.repeats):
-                shards.set_epoch(turn)
-                rate, cold = measure(shards, workers, args.batch_size, shuffle=False)
+                if args.task == "extraction":
+                    rate, cold = measure_extraction(manifest, tmp, workers)
+                    base, cold_too = measure_extraction(manifest, None, workers)
+                else:
+                    shards.set_epoch(turn)
+                    rate, cold = measure(shards, workers, args.batch_size, shuffle=False)
+                    files.set_epoch(turn)
+                    base, cold_too = measure(files, workers, args.batch_size, shuffle=True)
                 shard_rates.append(rate)
-                files.set_epoch(turn)
-                base, cold_too = measure(files, workers, args.batch_size, shuffle=True)
                 file_rates.append(base)
                 colds.append(cold and cold_too)
             rate, base = float(np.median(shard_rates)), float(np.median(file_rates))

@@ -362,10 +362,11 @@ def test_duplicate_keys_in_compact_embeddings_stop_the_run(
 def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
     kedro_project: Path, tmp_path: Path
 ) -> None:
-    """data_engineering writes shards labelled with the corpus's speakers; DINO and a
-    pseudo-label round (the shipped base settings, shortened) then train from them while
-    the training audio is moved away. The round's labels come from its manifest: the 8 true
-    speakers stored in the shards mean nothing to its 3-way classifier."""
+    """data_engineering writes shards labelled with the corpus's speakers; DINO, the
+    clustering input's extraction and a pseudo-label round (the shipped base settings,
+    shortened) then read them while the training audio is moved away. The round's labels
+    come from its manifest: the 8 true speakers stored in the shards mean nothing to its
+    3-way classifier."""
     project = kedro_project
     corpus = {
         "data_engineering": {
@@ -406,6 +407,8 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
         path.rename(path.with_name(path.name + ".away"))
     try:
         encoder, dino_metrics = ssl_nodes.train_dino_encoder(train, dino, run)
+        extraction = {**shipped["extraction"], "device": "cpu", "shard_dir": index["out_dir"]}
+        clustering_input = ssl_nodes.embed_training_utterances(encoder, train, extraction, run)
         checkpoint, metrics, _ = fine_tune_round(
             pseudo, None, train, encoder, finetune, run, "iter_1"
         )
@@ -413,6 +416,8 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
         for path in moved:
             path.with_name(path.name + ".away").rename(path)
     assert np.isfinite(dino_metrics["loss"].dropna()).all()
+    assert clustering_input.keys_ == train["utt_id"].tolist()
+    assert np.isfinite(clustering_input.vectors).all()
     # 64 utterances in shards of 8, full batches of 8: up to 8 steps an epoch.
     assert 0 < encoder["training_state"]["step"] <= 8
     assert checkpoint["model_config"]["n_classes"] == 3

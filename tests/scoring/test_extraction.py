@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from sv_kedro.audio.io import write_audio
+from sv_kedro.corpus.shards import ShardError, write_webdataset_shards
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.extraction import (
     CPU_BATCH_SECONDS,
@@ -216,3 +218,36 @@ def test_crop_forwards_stay_within_the_batch_budget(manifest, model):
     assert max(crop_rows) == 2  # 1.2 s of budget holds two 0.5-s crops
     assert sum(crop_rows) == 4 * 5 + 1  # the 0.4-s clip's four crops are one
     np.testing.assert_allclose(result.crops.vectors, expected.crops.vectors, atol=1e-5)
+
+
+def test_extraction_reads_shards_by_utt_id_with_the_files_gone(manifest, model, tmp_path):
+    """data_engineering's shards hold the audio: extraction from them gives the files'
+    embeddings with the files moved away, caches apart from the files' run, and resumes
+    after the shard folder moved (its content, not its place, is fingerprinted)."""
+    table = manifest.assign(speaker=[utt_id.split("/")[0] for utt_id in manifest.utt_id])
+    write_webdataset_shards(table, tmp_path / "shards", utterances_per_shard=4, seed=0)
+    config = ExtractionConfig(n_crops=2, crop_seconds=0.5, max_batch_seconds=4.0, device="cpu")
+    cache = tmp_path / "cache"
+    from_files = extract_embeddings(model, manifest, config, cache, progress=False)
+    moved = [Path(path) for path in manifest.path]
+    for path in moved:
+        path.rename(path.with_suffix(".away"))
+    sharded = replace(config, shard_dir=str(tmp_path / "shards"))
+    from_shards = extract_embeddings(model, manifest, sharded, cache, progress=False)
+    assert from_shards.full.keys_ == manifest["utt_id"].tolist()
+    np.testing.assert_allclose(from_shards.full.vectors, from_files.full.vectors, atol=1e-6)
+    np.testing.assert_allclose(from_shards.crops.vectors, from_files.crops.vectors, atol=1e-6)
+    assert len(list(cache.iterdir())) == 2  # the files' run and the shards' run
+    (tmp_path / "shards").rename(tmp_path / "elsewhere")
+    forwards = []
+    original = model.embed
+    model.embed = lambda waves, lengths=None: forwards.append(1) or original(waves, lengths)
+    again = extract_embeddings(
+        model, manifest, replace(config, shard_dir=str(tmp_path / "elsewhere")), cache
+    )
+    model.embed = original
+    assert forwards == [] and len(list(cache.iterdir())) == 2
+    np.testing.assert_array_equal(again.full.vectors, from_shards.full.vectors)
+    with pytest.raises(ShardError, match="hold 6 utterances, the training manifest 5"):
+        elsewhere = replace(sharded, shard_dir=str(tmp_path / "elsewhere"))
+        extract_embeddings(model, manifest.head(5), elsewhere)

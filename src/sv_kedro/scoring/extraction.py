@@ -32,6 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sv_kedro.corpus.shard_access import ShardAudioReader
+from sv_kedro.corpus.shards import check_shards_hold
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.systems.fingerprint import state_digest
 from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
@@ -54,6 +56,10 @@ class ExtractionConfig:
 
     ``max_batch_seconds``: padded audio per forward (full utterances and crops alike);
     None picks by device, ``CPU_BATCH_SECONDS`` on a CPU and ``GPU_BATCH_SECONDS`` on a GPU.
+
+    ``shard_dir``: read the audio from the WebDataset shards written from this manifest
+    (``data_engineering.shards``) instead of its files. The shards' fingerprints, not
+    their folder, enter the cache fingerprint.
     """
 
     n_crops: int = 5
@@ -64,6 +70,7 @@ class ExtractionConfig:
     num_workers: int = 0
     sample_rate: int = 16000
     device: str = "auto"
+    shard_dir: str | None = None
 
     def resolved(self) -> ExtractionConfig:
         """This config with ``max_batch_seconds`` fixed for ``device``, so that a cache
@@ -90,12 +97,19 @@ def _device(name: str) -> torch.device:
 
 # Where and with how many loader processes a batch is embedded does not change what is
 # embedded, so workers on different GPUs (and a re-run on another device) share one cache.
-_NOT_FINGERPRINTED = ("device", "num_workers")
+_NOT_FINGERPRINTED = ("device", "num_workers", "shard_dir")
 
 
-def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: ExtractionConfig) -> str:
-    """A digest of every byte of the weights, the utterance list and the extraction settings
-    (all but ``device`` and ``num_workers``).
+def model_fingerprint(
+    model: nn.Module,
+    manifest: pd.DataFrame,
+    config: ExtractionConfig,
+    shards: ShardAudioReader | None = None,
+) -> str:
+    """A digest of every byte of the weights, the utterance list, the extraction settings
+    (all but ``device``, ``num_workers`` and ``shard_dir``) and, when the audio comes from
+    ``shards``, their fingerprints (16-bit FLAC at the shards' rate is not the files' audio
+    to the last bit).
 
     All bytes, not a sample of them: a resumed extraction must never reuse embeddings of a
     model that differs anywhere (SHA-1 costs ~0.7 s per GB of weights here).
@@ -106,6 +120,8 @@ def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: Extracti
     digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
     digest.update(json.dumps(settings, sort_keys=True).encode())
+    if shards is not None:
+        digest.update(f"shards\n{shards.fingerprint}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -187,14 +203,24 @@ def _plan(
         raise ValueError("extract_embeddings: the manifest is empty")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
+    shards = None
+    if config.shard_dir is not None:
+        check_shards_hold(manifest, config.shard_dir)
+        shards = ShardAudioReader(config.shard_dir)
+        log.info("Extraction reads its audio from the shards in %s", config.shard_dir)
     dataset = EvaluationDataset(
-        manifest, config.n_crops, config.crop_seconds, config.max_seconds, config.sample_rate
+        manifest,
+        config.n_crops,
+        config.crop_seconds,
+        config.max_seconds,
+        config.sample_rate,
+        shards,
     )
     batches = bucket_by_length(dataset.durations, config.max_batch_seconds, config.max_batch_size)
     cache = None
     done: set[int] = set()
     if cache_dir is not None:
-        cache = Path(cache_dir) / model_fingerprint(model, manifest, config)
+        cache = Path(cache_dir) / model_fingerprint(model, manifest, config, shards)
         cache.mkdir(parents=True, exist_ok=True)
         done = {int(i) for part in _load_parts(cache) for i in part["indices"]}
     mine = [

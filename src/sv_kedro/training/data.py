@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,11 @@ from torch.utils.data import Dataset
 
 from sv_kedro.audio.augmentation import Augmenter, speed_perturb, speed_perturbed_label
 from sv_kedro.audio.crops import CropSpec, crop_array, evaluation_inputs, read_crop, wrap_pad
-from sv_kedro.audio.io import read_audio, to_mono
+from sv_kedro.audio.io import read_audio, resample, to_mono
 from sv_kedro.audio.rir import resample_poly
+
+if TYPE_CHECKING:
+    from sv_kedro.corpus.shard_access import ShardAudioReader
 
 REQUIRED_COLUMNS = ("utt_id", "speaker", "path", "num_frames", "sample_rate")
 _CONTIGUOUS_STREAM = 7  # separates the per-utterance crop-base generator from per-epoch ones
@@ -212,7 +215,11 @@ def collate_pairs(items: Sequence[tuple[Mapping, Mapping, int]]) -> dict[str, An
 
 class EvaluationDataset(Dataset):
     """Embedding-extraction inputs: item ``{"full" [T], "crops" [n_crops, L], "offsets"
-    [n_crops], "index", "utt_id"}`` exactly as :func:`~sv_kedro.audio.crops.evaluation_inputs`."""
+    [n_crops], "index", "utt_id"}`` exactly as :func:`~sv_kedro.audio.crops.evaluation_inputs`.
+
+    With ``shards`` the audio is read from WebDataset shards by ``utt_id`` instead of from
+    each row's ``path`` (resampled to ``sample_rate`` if the shards hold another rate).
+    """
 
     def __init__(
         self,
@@ -221,10 +228,12 @@ class EvaluationDataset(Dataset):
         crop_seconds: float = 4.0,
         max_seconds: float | None = None,
         sample_rate: int = 16000,
+        shards: ShardAudioReader | None = None,
     ) -> None:
-        _check_manifest(manifest, ("utt_id", "path"))
+        _check_manifest(manifest, ("utt_id",) if shards is not None else ("utt_id", "path"))
+        self.shards = shards
         self.utt_ids = manifest["utt_id"].astype(str).tolist()
-        self.paths = manifest["path"].astype(str).tolist()
+        self.paths = manifest["path"].astype(str).tolist() if "path" in manifest else []
         self.n_crops, self.crop_seconds = int(n_crops), float(crop_seconds)
         self.max_seconds, self.sample_rate = max_seconds, int(sample_rate)
         if "duration" in manifest.columns:
@@ -239,8 +248,15 @@ class EvaluationDataset(Dataset):
         return len(self.utt_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        source: str | np.ndarray
+        if self.shards is not None:
+            source, rate = self.shards.read(self.utt_ids[index])
+            if rate != self.sample_rate:
+                source = resample(source, rate, self.sample_rate)
+        else:
+            source = self.paths[index]
         inputs = evaluation_inputs(
-            self.paths[index], self.n_crops, self.crop_seconds, self.max_seconds, self.sample_rate
+            source, self.n_crops, self.crop_seconds, self.max_seconds, self.sample_rate
         )
         return {
             "full": inputs.full,
