@@ -47,7 +47,7 @@ def test_reads_every_utterance_bit_exact_in_any_order(corpus, shards):
         original, _ = sf.read(path, dtype="float32")
         assert rate == 16000 and wave.dtype == np.float32
         np.testing.assert_array_equal(wave, original)  # 16-bit PCM in, 16-bit FLAC stored
-    assert reader.missing(["spk0/u0.wav", "spk9/u0.wav"]) == ["spk9/u0.wav"]
+    assert "spk0/u0.wav" in reader and "spk9/u0.wav" not in reader
     with pytest.raises(ShardError, match=r"no shard holds 'spk9/u0\.wav'"):
         reader.read("spk9/u0.wav")
     reader.close()

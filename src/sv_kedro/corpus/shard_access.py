@@ -35,7 +35,6 @@ class ShardAudioReader:
         self.out_dir = Path(out_dir)
         index = read_shard_index(self.out_dir)
         self.sample_rate = int(index["sample_rate"])
-        self.fingerprint = "\n".join(entry["fingerprint"] for entry in index["shards"])
         self.shards = [self.out_dir / entry["name"] for entry in index["shards"]]
         # utt_id -> (shard number, byte offset of the FLAC data, its size)
         self.locations: dict[str, tuple[int, int, int]] = {}
@@ -80,10 +79,6 @@ class ShardAudioReader:
 
     def __contains__(self, utt_id: object) -> bool:
         return utt_id in self.locations
-
-    def missing(self, utt_ids: list[str]) -> list[str]:
-        """The ``utt_ids`` that no shard holds, in the given order."""
-        return [utt_id for utt_id in utt_ids if utt_id not in self.locations]
 
     def _handle(self, number: int) -> BinaryIO:
         handle = self._handles.get(number)

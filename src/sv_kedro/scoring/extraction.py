@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sv_kedro.corpus.shard_access import ShardAudioReader
-from sv_kedro.corpus.shards import check_shards_hold
+from sv_kedro.corpus.shards import check_shards_hold, read_shard_index
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.systems.fingerprint import state_digest
 from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
@@ -100,16 +100,11 @@ def _device(name: str) -> torch.device:
 _NOT_FINGERPRINTED = ("device", "num_workers", "shard_dir")
 
 
-def model_fingerprint(
-    model: nn.Module,
-    manifest: pd.DataFrame,
-    config: ExtractionConfig,
-    shards: ShardAudioReader | None = None,
-) -> str:
+def model_fingerprint(model: nn.Module, manifest: pd.DataFrame, config: ExtractionConfig) -> str:
     """A digest of every byte of the weights, the utterance list, the extraction settings
     (all but ``device``, ``num_workers`` and ``shard_dir``) and, when the audio comes from
-    ``shards``, their fingerprints (16-bit FLAC at the shards' rate is not the files' audio
-    to the last bit).
+    shards, their fingerprints in ``shard_dir``'s index (16-bit FLAC at the shards' rate is
+    not the files' audio to the last bit).
 
     All bytes, not a sample of them: a resumed extraction must never reuse embeddings of a
     model that differs anywhere (SHA-1 costs ~0.7 s per GB of weights here).
@@ -120,8 +115,9 @@ def model_fingerprint(
     digest.update("\n".join(manifest["utt_id"].astype(str)).encode())
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_FINGERPRINTED}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    if shards is not None:
-        digest.update(f"shards\n{shards.fingerprint}".encode())
+    if config.shard_dir is not None:
+        shards = read_shard_index(config.shard_dir)["shards"]
+        digest.update("\n".join(["shards", *(entry["fingerprint"] for entry in shards)]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -220,7 +216,7 @@ def _plan(
     cache = None
     done: set[int] = set()
     if cache_dir is not None:
-        cache = Path(cache_dir) / model_fingerprint(model, manifest, config, shards)
+        cache = Path(cache_dir) / model_fingerprint(model, manifest, config)
         cache.mkdir(parents=True, exist_ok=True)
         done = {int(i) for part in _load_parts(cache) for i in part["indices"]}
     mine = [
