@@ -17,6 +17,8 @@ from sv_kedro.audio.augmentation import (
     speed_perturbed_label,
 )
 from sv_kedro.audio.rir import RirBank, prepare_rir, reverberate
+from sv_kedro.corpus.shard_access import ShardAudioReader
+from sv_kedro.corpus.shards import write_webdataset_shards
 
 RATE = 16000
 SPEAKER_TONES = {f"spk{k}": 300.0 + 100.0 * k for k in range(6)}
@@ -123,6 +125,24 @@ def test_babble_uses_three_to_eight_other_speakers(corpus):
     clean = _speech()
     snrs = [_snr_db(clean, augmenter(clean, np.random.default_rng(s), excluded)) for s in range(10)]
     assert 13.0 - 1e-3 <= min(snrs) and max(snrs) <= 20.0 + 1e-3
+
+
+def test_babble_from_shards_equals_babble_from_the_files(corpus, tmp_path):
+    """With shards, babble reads its crops by utt_id: the files' babble sample for sample
+    (16-bit audio is stored losslessly), with the files gone."""
+    _, manifest = corpus
+    write_webdataset_shards(manifest, tmp_path / "shards", utterances_per_shard=5, seed=1)
+    from_files = BabbleSource.from_manifest(manifest)
+    copy = manifest.assign(path=[str(tmp_path / f"gone{i}.wav") for i in range(len(manifest))])
+    from_shards = BabbleSource.from_manifest(copy, ShardAudioReader(tmp_path / "shards"))
+    for seed in range(4):
+        expected, used = from_files.sample(RATE, np.random.default_rng(seed), 3, "spk1", RATE)
+        got, used_too = from_shards.sample(RATE, np.random.default_rng(seed), 3, "spk1", RATE)
+        assert used == used_too == 3
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    stranger = copy.assign(utt_id=["spk9/x.wav", *copy.utt_id[1:]])
+    with pytest.raises(ValueError, match=r"do not hold 1 of the manifest's .*spk9/x\.wav"):
+        BabbleSource.from_manifest(stranger, ShardAudioReader(tmp_path / "shards"))
 
 
 def test_reverb_keeps_length_and_direct_path():

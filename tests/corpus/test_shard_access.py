@@ -53,6 +53,23 @@ def test_reads_every_utterance_bit_exact_in_any_order(corpus, shards):
     reader.close()
 
 
+def test_a_window_decodes_only_the_frames_it_picks(corpus, shards):
+    reader = ShardAudioReader(shards)
+    utt_id, path = corpus["utt_id"][7], corpus["path"][7]
+    original, _ = sf.read(path, dtype="float32")
+    seen = []
+
+    def window(num_frames):
+        seen.append(num_frames)
+        return 300, 250
+
+    wave, rate = reader.read(utt_id, window)
+    assert seen == [len(original)] and rate == 16000
+    np.testing.assert_array_equal(wave, original[300:550])
+    start, _ = reader.read(utt_id, lambda n: (0, 100))
+    np.testing.assert_array_equal(start, original[:100])
+
+
 def test_a_pickled_reader_opens_its_own_files(corpus, shards):
     """DataLoader workers get a copy of the reader: open handles must not travel."""
     reader = ShardAudioReader(shards)

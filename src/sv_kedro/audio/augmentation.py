@@ -25,14 +25,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import signal
 
-from sv_kedro.audio.crops import read_crop, wrap_pad
+from sv_kedro.audio.crops import crop_window, read_crop, wrap_pad
 from sv_kedro.audio.io import AUDIO_SUFFIXES, audio_info
 from sv_kedro.audio.rir import RirBank, resample_poly, reverberate
+
+if TYPE_CHECKING:
+    from sv_kedro.corpus.shard_access import ShardAudioReader
 
 AUGMENTATION_OPTIONS: tuple[str, ...] = (
     "none",
@@ -225,22 +229,36 @@ class NoiseBank:
 
 
 class BabbleSource:
-    """Utterances of a corpus grouped by speaker, summed into babble of other speakers."""
+    """Utterances of a corpus grouped by speaker, summed into babble of other speakers.
+
+    Each of ``sources`` is a file path, or, with ``shards`` (a
+    :class:`~sv_kedro.corpus.shard_access.ShardAudioReader`), the ``utt_id`` the shards
+    hold: babble then reads the shards and the corpus's files need not be present.
+    """
 
     def __init__(
         self,
-        paths: Sequence[str],
+        sources: Sequence[str],
         num_frames: Sequence[int],
         sample_rates: Sequence[int],
         speakers: Sequence[str],
+        shards: ShardAudioReader | None = None,
     ) -> None:
-        if not (len(paths) == len(num_frames) == len(sample_rates) == len(speakers)):
+        if not (len(sources) == len(num_frames) == len(sample_rates) == len(speakers)):
             raise ValueError(
-                "BabbleSource: paths, num_frames, sample_rates and speakers differ in length"
+                "BabbleSource: sources, num_frames, sample_rates and speakers differ in length"
             )
-        if not paths:
+        if not sources:
             raise ValueError("BabbleSource needs at least one utterance")
-        self.paths = [str(p) for p in paths]
+        self.sources = [str(p) for p in sources]
+        self.shards = shards
+        if shards is not None:
+            absent = [utt for utt in self.sources if utt not in shards]
+            if absent:
+                raise ValueError(
+                    f"babble: the shards in {shards.out_dir} do not hold {len(absent)} of the "
+                    f"manifest's utterances, e.g. {absent[:3]}"
+                )
         self.num_frames = np.asarray(num_frames, dtype=np.int64)
         self.sample_rates = np.asarray(sample_rates, dtype=np.int64)
         by_speaker: dict[str, list[int]] = {}
@@ -250,16 +268,22 @@ class BabbleSource:
         self._utterances = [np.asarray(by_speaker[s]) for s in self.speakers]
 
     @classmethod
-    def from_manifest(cls, manifest: pd.DataFrame) -> BabbleSource:
-        """From a manifest (columns ``path``, ``num_frames``, ``sample_rate``, ``speaker``)."""
-        missing = sorted({"path", "num_frames", "sample_rate", "speaker"} - set(manifest.columns))
+    def from_manifest(
+        cls, manifest: pd.DataFrame, shards: ShardAudioReader | None = None
+    ) -> BabbleSource:
+        """From a manifest (columns ``path``, ``num_frames``, ``sample_rate``, ``speaker``;
+        with ``shards``, ``utt_id`` instead of ``path``)."""
+        source = "path" if shards is None else "utt_id"
+        needed = {source, "num_frames", "sample_rate", "speaker"}
+        missing = sorted(needed - set(manifest.columns))
         if missing:
             raise ValueError(f"manifest for babble lacks column(s) {missing}")
         return cls(
-            manifest["path"].tolist(),
+            manifest[source].astype(str).tolist(),
             manifest["num_frames"].tolist(),
             manifest["sample_rate"].tolist(),
             manifest["speaker"].astype(str).tolist(),
+            shards,
         )
 
     @classmethod
@@ -293,18 +317,32 @@ class BabbleSource:
         for speaker_index in picked:
             utterances = self._utterances[speaker_index]
             utt = int(utterances[int(rng.integers(0, len(utterances)))])
-            crop = _read_random_crop(
-                self.paths[utt],
+            crop = self._random_crop(utt, frames, sample_rate, rng)
+            power = float(np.mean(np.square(crop, dtype=np.float64)))
+            if power > 0:
+                babble += crop / math.sqrt(power)
+        return babble.astype(np.float32), len(picked)
+
+    def _random_crop(
+        self, utt: int, frames: int, sample_rate: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        if self.shards is None:
+            return _read_random_crop(
+                self.sources[utt],
                 int(self.num_frames[utt]),
                 int(self.sample_rates[utt]),
                 frames,
                 sample_rate,
                 rng,
             )
-            power = float(np.mean(np.square(crop, dtype=np.float64)))
-            if power > 0:
-                babble += crop / math.sqrt(power)
-        return babble.astype(np.float32), len(picked)
+        rate = self.shards.sample_rate
+        stored = math.ceil(frames * rate / sample_rate)
+        wave, _ = self.shards.read(
+            self.sources[utt], lambda n: crop_window(n, stored, "random", rng)
+        )
+        if rate != sample_rate:
+            wave = resample_poly(wave, rate, sample_rate)
+        return wrap_pad(wave, frames)
 
 
 class Augmenter:

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -86,8 +87,14 @@ class ShardAudioReader:
             handle = self._handles[number] = open(self.shards[number], "rb")
         return handle
 
-    def read(self, utt_id: str) -> tuple[np.ndarray, int]:
-        """``(waveform float32 [time], sample_rate)`` of ``utt_id``; errors name the shard."""
+    def read(
+        self, utt_id: str, window: Callable[[int], tuple[int, int]] | None = None
+    ) -> tuple[np.ndarray, int]:
+        """``(waveform float32 [time], sample_rate)`` of ``utt_id``; errors name the shard.
+
+        ``window(num_frames) -> (offset, frames)`` picks the frames to decode (FLAC seeks:
+        a babble crop of a long utterance decodes the crop only); ``None`` decodes it all.
+        """
         if utt_id not in self.locations:
             raise ShardError(f"{self.out_dir}: no shard holds {utt_id!r}")
         number, offset, size = self.locations[utt_id]
@@ -97,7 +104,12 @@ class ShardAudioReader:
         if len(data) != size:
             raise ShardError(f"{self.shards[number]}: {utt_id!r} is cut short (truncated tar?)")
         try:
-            wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+            with sf.SoundFile(io.BytesIO(data)) as sound:
+                rate = sound.samplerate
+                offset, frames = window(sound.frames) if window is not None else (0, -1)
+                if offset:
+                    sound.seek(offset)
+                wave = sound.read(frames=frames, dtype="float32", always_2d=False)
         except Exception as exc:
             raise ShardError(
                 f"{self.shards[number]}: {utt_id!r} cannot be decoded ({exc})"

@@ -92,10 +92,21 @@ class DinoLoaderFactory:
         manifest = pd.read_parquet(self.config["manifest_path"])
         seed = int(self.config.get("seed", 0))
         rate = int(self.config["sample_rate"])
+        self.shard_index: dict[str, Any] | None = None
+        if self.config["shard_dir"]:
+            folder = self.config["shard_dir"]
+            self.shard_index = check_shards_hold(manifest, folder)
+            if int(self.shard_index["sample_rate"]) != rate:
+                raise ValueError(
+                    f"{folder}: shards are {self.shard_index['sample_rate']} Hz, "
+                    f"dino data.sample_rate is {rate}"
+                )
         # Babble is drawn from *other* utterances: each utterance is its own "speaker" here,
         # since no speaker label may be used.
         unlabeled = manifest.assign(speaker=manifest["utt_id"].astype(str))
-        augmenter = build_augmenter(self.config["augmentation"], unlabeled, rate, seed)
+        augmenter = build_augmenter(
+            self.config["augmentation"], unlabeled, rate, seed, self.config["shard_dir"] or None
+        )
         self.dataset = MultiCropDataset(
             manifest,
             float(self.config["global_seconds"]),
@@ -107,20 +118,12 @@ class DinoLoaderFactory:
             float(self.config["max_read_seconds"]),
             seed,
         )
-        self.shard_index: dict[str, Any] | None = None
-        if self.config["shard_dir"]:
-            folder = self.config["shard_dir"]
-            self.shard_index = check_shards_hold(manifest, folder)
-            if int(self.shard_index["sample_rate"]) != rate:
-                raise ValueError(
-                    f"{folder}: shards are {self.shard_index['sample_rate']} Hz, "
-                    f"dino data.sample_rate is {rate}"
-                )
+        if self.shard_index is not None:
             self.utt_to_index = {utt: row for row, utt in enumerate(self.dataset.utt_ids)}
             logger.info(
                 "DINO items stream from %d WebDataset shard(s) in %s",
                 self.shard_index["num_shards"],
-                folder,
+                self.config["shard_dir"],
             )
 
     def __call__(self, request: LoaderRequest) -> Any:

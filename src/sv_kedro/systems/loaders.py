@@ -27,13 +27,15 @@ per epoch with a ``LoaderRequest`` (epoch, resume position, rank, world size). C
 
 With ``shard_dir`` the items come from the WebDataset shards of the training manifest
 (``corpus.shards``; checked to hold exactly this manifest) in random batches read shard by
-shard; speaker-balanced batches and pairs need random access and stay with the manifest
-(babble augmentation still draws its other speakers from the manifest's files).
+shard; speaker-balanced batches and pairs need random access and stay with the manifest.
+Babble augmentation then reads its other speakers' crops from the same shards by
+``utt_id``, so the manifest's files need not be present.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +45,7 @@ from torch.utils.data import DataLoader
 from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter, BabbleSource, NoiseBank
 from sv_kedro.audio.crops import CropSpec
 from sv_kedro.audio.rir import RirBank
+from sv_kedro.corpus.shard_access import ShardAudioReader
 from sv_kedro.corpus.shards import check_shards_hold, shard_counts
 from sv_kedro.training.batches import SkipBatches
 from sv_kedro.training.data import PairDataset, SpeakerDataset, collate_padded, collate_pairs
@@ -64,9 +67,17 @@ AUGMENTATION_SOURCES = (
 
 
 def build_augmenter(
-    config: Mapping[str, Any] | None, manifest: pd.DataFrame, sample_rate: int, seed: int
+    config: Mapping[str, Any] | None,
+    manifest: pd.DataFrame,
+    sample_rate: int,
+    seed: int,
+    shard_dir: str | os.PathLike[str] | None = None,
 ) -> Augmenter | None:
-    """The augmenter a config asks for, with only the resources its weights need."""
+    """The augmenter a config asks for, with only the resources its weights need.
+
+    ``shard_dir``: shards of ``manifest`` (already checked to hold it) that babble reads
+    its crops from instead of the manifest's files.
+    """
     if not config:
         return None
     options = {k: v for k, v in config.items() if k not in AUGMENTATION_SOURCES}
@@ -94,7 +105,8 @@ def build_augmenter(
             )
     babble = None
     if weights["babble"] > 0 and config.get("babble_from_manifest", True):
-        babble = BabbleSource.from_manifest(manifest)
+        shards = ShardAudioReader(shard_dir) if shard_dir else None
+        babble = BabbleSource.from_manifest(manifest, shards)
     return Augmenter(aug_config, bank, rir_bank, babble, seed=seed)
 
 
@@ -111,7 +123,16 @@ class SpeakerLoaderFactory:
         rate = int(self.config.get("sample_rate", 16000))
         seed = int(self.config.get("seed", 0))
         crop = CropSpec(self.config.get("crop_mode", "random"), float(self.config["crop_seconds"]))
-        augmenter = build_augmenter(self.config.get("augmentation"), self.manifest, rate, seed)
+        self.shard_index: dict[str, Any] | None = None
+        if self.config.get("shard_dir"):
+            self.shard_index = self._checked_shards(rate)
+        augmenter = build_augmenter(
+            self.config.get("augmentation"),
+            self.manifest,
+            rate,
+            seed,
+            self.config.get("shard_dir") or None,
+        )
         self.dataset = SpeakerDataset(
             self.manifest,
             crop,
@@ -121,9 +142,6 @@ class SpeakerLoaderFactory:
             seed=seed,
         )
         self.pairs = bool(self.config.get("pairs", False))
-        self.shard_index: dict[str, Any] | None = None
-        if self.config.get("shard_dir"):
-            self.shard_index = self._checked_shards(rate)
 
     def _checked_shards(self, rate: int) -> dict[str, Any]:
         folder = self.config["shard_dir"]
@@ -141,7 +159,7 @@ class SpeakerLoaderFactory:
         self.speaker_to_index = dict(
             zip(manifest["speaker"], manifest["speaker_index"].astype(int), strict=True)
         )
-        self.utt_to_index = {utt: row for row, utt in enumerate(self.dataset.utt_ids)}
+        self.utt_to_index = {utt: row for row, utt in enumerate(manifest["utt_id"].astype(str))}
         # Labels come from this manifest, not the shards: pseudo-labels read the same shards.
         self.utt_to_speaker = dict(
             zip(manifest["utt_id"].astype(str), manifest["speaker"].astype(str), strict=True)
