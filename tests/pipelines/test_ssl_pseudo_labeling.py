@@ -22,6 +22,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from sv_kedro.datasets import EmbeddingsDataset
+from sv_kedro.pipelines.evaluation import nodes as evaluation_nodes
 from sv_kedro.pipelines.ssl_pseudo_labeling import create_pipeline, evaluated_systems
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes as ssl_nodes
 from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
@@ -362,11 +363,11 @@ def test_duplicate_keys_in_compact_embeddings_stop_the_run(
 def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
     kedro_project: Path, tmp_path: Path
 ) -> None:
-    """data_engineering writes shards labelled with the corpus's speakers; DINO, the
-    clustering input's extraction and a pseudo-label round (the shipped base settings,
-    shortened) then read them while the training audio is moved away. The round's labels
-    come from its manifest: the 8 true speakers stored in the shards mean nothing to its
-    3-way classifier."""
+    """data_engineering writes shards labelled with the corpus's speakers; DINO (babble
+    included), the clustering input's extraction, a pseudo-label round (the shipped base
+    settings, shortened) and the evaluation's AS-norm/PLDA cohort then read them while the
+    training audio is moved away. The round's labels come from its manifest: the 8 true
+    speakers stored in the shards mean nothing to its 3-way classifier."""
     project = kedro_project
     corpus = {
         "data_engineering": {
@@ -395,8 +396,8 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
         "shard_dir": index["out_dir"],
         "shuffle_buffer": 16,
         "batch_size": 8,
-        # Babble reads other training files, which are away in this test.
-        "augmentation": {"weights": {"none": 1, "reverb": 1, "babble": 0}, "simulated_rirs": 4},
+        # Babble reads its other utterances' crops from the shards too.
+        "augmentation": {"weights": {"none": 1, "reverb": 1, "babble": 2}, "simulated_rirs": 4},
     }
     dino = deep_merge(shipped["dino"], {"training": {"epochs": 1}, "data": data})
     finetune = deep_merge(shipped["finetune"], {"training": {"epochs": 2}, "data": data})
@@ -412,6 +413,11 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
         checkpoint, metrics, _ = fine_tune_round(
             pseudo, None, train, encoder, finetune, run, "iter_1"
         )
+        cohort_manifest = train.assign(speaker=pseudo["speaker_index"].map("pseudo{}".format))
+        scoring = {"cohort_utts_per_speaker": 5, "cohort_shard_dir": index["out_dir"]}
+        cohort = evaluation_nodes.embed_cohort_utterances(
+            checkpoint, cohort_manifest, {**extraction, "shard_dir": None}, scoring
+        )
     finally:
         for path in moved:
             path.with_name(path.name + ".away").rename(path)
@@ -423,3 +429,8 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
     assert checkpoint["model_config"]["n_classes"] == 3
     assert checkpoint["training_state"]["step"] > encoder["training_state"]["step"]
     assert np.isfinite(metrics["loss"].dropna()).all()
+    # 5 utterances of each of the 3 pseudo-speakers, the first by utt_id.
+    assert len(cohort.keys_) == 15 and np.isfinite(cohort.vectors).all()
+    assert set(cohort.keys_) == set(
+        cohort_manifest.sort_values("utt_id").groupby("speaker").head(5)["utt_id"]
+    )

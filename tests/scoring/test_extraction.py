@@ -248,6 +248,14 @@ def test_extraction_reads_shards_by_utt_id_with_the_files_gone(manifest, model, 
     model.embed = original
     assert forwards == [] and len(list(cache.iterdir())) == 2
     np.testing.assert_array_equal(again.full.vectors, from_shards.full.vectors)
-    with pytest.raises(ShardError, match="hold 6 utterances, the training manifest 5"):
-        elsewhere = replace(sharded, shard_dir=str(tmp_path / "elsewhere"))
-        extract_embeddings(model, manifest.head(5), elsewhere)
+    # A part of the shards' manifest (an AS-norm cohort) reads its own utterances.
+    elsewhere = replace(sharded, shard_dir=str(tmp_path / "elsewhere"))
+    part = extract_embeddings(model, manifest.iloc[[4, 1]], elsewhere, progress=False)
+    np.testing.assert_allclose(part.full.vectors, from_files.full.vectors[[4, 1]], atol=1e-6)
+    stranger = manifest.head(3).assign(utt_id=["a.wav", manifest.utt_id[1], "b.wav"])
+    with pytest.raises(ShardError, match=r"do not hold 2 of the 3 .*'a\.wav', 'b\.wav'"):
+        extract_embeddings(model, stranger, elsewhere)
+    # As many utterances as the shards hold, but not theirs: the fingerprints say so.
+    other = manifest.assign(path=[p + ".other" for p in manifest.path])
+    with pytest.raises(ShardError, match="holds other utterances than the training manifest"):
+        extract_embeddings(model, other, elsewhere)

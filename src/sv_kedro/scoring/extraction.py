@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sv_kedro.corpus.shard_access import ShardAudioReader
-from sv_kedro.corpus.shards import check_shards_hold, read_shard_index
+from sv_kedro.corpus.shards import ShardError, check_shards_hold, read_shard_index
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.systems.fingerprint import state_digest
 from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
@@ -59,7 +59,10 @@ class ExtractionConfig:
 
     ``shard_dir``: read the audio from the WebDataset shards written from this manifest
     (``data_engineering.shards``) instead of its files. The shards' fingerprints, not
-    their folder, enter the cache fingerprint.
+    their folder, enter the cache fingerprint. A manifest holding as many utterances as
+    the shards is checked against their fingerprints; a part of the shards' manifest (an
+    AS-norm cohort) only by ``utt_id``, so check the whole with
+    :func:`~sv_kedro.corpus.shards.check_shards_hold` first, as the evaluation's cohort does.
     """
 
     n_crops: int = 5
@@ -201,8 +204,16 @@ def _plan(
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     shards = None
     if config.shard_dir is not None:
-        check_shards_hold(manifest, config.shard_dir)
+        if len(manifest) == read_shard_index(config.shard_dir)["num_utterances"]:
+            check_shards_hold(manifest, config.shard_dir)
         shards = ShardAudioReader(config.shard_dir)
+        absent = [utt for utt in manifest["utt_id"].astype(str) if utt not in shards]
+        if absent:
+            raise ShardError(
+                f"{config.shard_dir}: the shards do not hold {len(absent)} of the "
+                f"{len(manifest)} utterances to embed, e.g. {absent[:3]}; write them from "
+                "the manifest these utterances come from"
+            )
         log.info("Extraction reads its audio from the shards in %s", config.shard_dir)
     dataset = EvaluationDataset(
         manifest,

@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sv_kedro.api import model_from_checkpoint
+from sv_kedro.corpus.shards import check_shards_hold
 from sv_kedro.scoring.asnorm import as_norm_scores, speaker_cohort
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingTable
@@ -45,7 +46,12 @@ def embed_cohort_utterances(
     scoring: dict[str, Any],
 ) -> EmbeddingTable:
     """Full-utterance embeddings of (at most ``cohort_utts_per_speaker`` per speaker)
-    training utterances: the AS-norm cohort and the LDA/PLDA training set."""
+    training utterances: the AS-norm cohort and the LDA/PLDA training set.
+
+    ``scoring.cohort_shard_dir``: read them from the training manifest's WebDataset shards
+    (``data_engineering.shards``) instead of its files. The cohort is a part of that
+    manifest, so the whole manifest is checked against the shards here.
+    """
     per_speaker = int(scoring.get("cohort_utts_per_speaker", 20))
     subset = (
         train_manifest.sort_values("utt_id")
@@ -53,7 +59,12 @@ def embed_cohort_utterances(
         .head(per_speaker)
         .reset_index(drop=True)
     )
-    return extract_from_checkpoint(checkpoint, subset, {**extraction, "n_crops": 0}).full
+    options = {**extraction, "n_crops": 0}
+    shard_dir = scoring.get("cohort_shard_dir")
+    if shard_dir:
+        check_shards_hold(train_manifest, shard_dir)
+        options["shard_dir"] = str(shard_dir)
+    return extract_from_checkpoint(checkpoint, subset, options).full
 
 
 def _trial_sets(
