@@ -19,12 +19,16 @@ of 2 s per utterance, from a window of at most 12 s, the paper's settings): file
 ``EvaluationDataset``, shards through the same dataset with a ``ShardAudioReader``, whose
 index of the tars (built inside the timed pass) turns each utterance into one seek and read.
 
+``--task index`` times that index alone: a reader loading the ``.locations.json`` each
+shard's first reader kept, against the pass over every tar header (``keep_locations=False``),
+with the page cache dropped before each and again warm.
+
 Before every pass the page cache is dropped when the process may (root on Linux), so each
 pass reads from the disk as a first epoch of a corpus larger than memory would; otherwise
 the passes are warm and the script says so. Sides take turns; medians are reported.
 
 Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3] [--task dino]``
-(or ``--task extraction``).
+(or ``--task extraction``, ``--task index``).
 Skips (exit 0) with a message when the shared data folder is absent.
 """
 
@@ -106,6 +110,35 @@ def measure_extraction(manifest, shard_dir: str | None, workers: int) -> tuple[f
     return count / (time.perf_counter() - start), cold
 
 
+def measure_index(shard_dir: str, keep_locations: bool, cold: bool) -> tuple[float, bool]:
+    """(seconds to build a ``ShardAudioReader``, whether the page cache was dropped first)."""
+    dropped = drop_page_cache() if cold else False
+    start = time.perf_counter()
+    reader = ShardAudioReader(shard_dir, keep_locations=keep_locations)
+    seconds = time.perf_counter() - start
+    assert reader.scanned == (0 if keep_locations else len(reader.shards))
+    return seconds, dropped
+
+
+def report_index(manifest, shard_dir: str, repeats: int) -> None:
+    ShardAudioReader(shard_dir)  # the first reader keeps the locations
+    print(f"{'pass':>5} {'kept locations s':>17} {'tar scan s':>11} {'speed-up':>9}  cache")
+    for cold in (True, False):
+        kept, scans, drops = [], [], []
+        for _ in range(repeats):
+            seconds, dropped = measure_index(shard_dir, True, cold)
+            base, dropped_too = measure_index(shard_dir, False, cold)
+            kept.append(seconds)
+            scans.append(base)
+            drops.append(dropped and dropped_too)
+        fast, slow = float(np.median(kept)), float(np.median(scans))
+        cache = "dropped before each" if all(drops) else "warm"
+        name = "cold" if cold else "warm"
+        print(f"{name:>5} {fast:>17.3f} {slow:>11.3f} {slow / fast:>8.1f}x  {cache}")
+    per_million = float(np.median(scans)) / len(manifest) * 1e6 / 60
+    print(f"tar scan, warm: {per_million:.1f} min per million utterances at this rate")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -115,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances-per-shard", type=int, default=1000)
     parser.add_argument("--shuffle-buffer", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="passes per side (medians)")
-    parser.add_argument("--task", choices=["speaker", "dino", "extraction"], default="speaker")
+    parser.add_argument(
+        "--task", choices=["speaker", "dino", "extraction", "index"], default="speaker"
+    )
     args = parser.parse_args(argv)
     if not (args.data / SPEECH_CORPORA[0]).is_dir():
         print(f"SKIP: {args.data} (real speech for benchmarks) is absent")
@@ -156,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             + {
                 "dino": "DINO multi-crop items",
                 "extraction": "whole utterances in extraction's length buckets",
+                "index": "the reader's index of the tars",
             }.get(args.task, f"{args.crop_seconds:g}-s crops")
         )
+        if args.task == "index":
+            report_index(manifest, tmp, args.repeats)
+            return 0
         print(f"{'workers':>7} {'shards utt/s':>13} {'files utt/s':>12} {'ratio':>7}  cache")
         for workers in args.workers:
             shard_rates, file_rates, colds = [], [], []

@@ -109,3 +109,25 @@ def test_a_sample_without_metadata_is_named(shards, tmp_path):
     key = members[0][0].name.split(".")[0]
     with pytest.raises(ShardError, match=f"sample '{key}' lacks its audio or its metadata"):
         ShardAudioReader(shards)
+
+
+def test_locations_are_kept_beside_the_shards_and_rescanned_when_stale(corpus, shards):
+    first = ShardAudioReader(shards)
+    kept = sorted(path.name for path in shards.glob("*.locations.json"))
+    assert first.scanned == 3 and kept == [f"shard-00000{n}.tar.locations.json" for n in range(3)]
+    second = ShardAudioReader(shards)
+    assert second.scanned == 0 and second.locations == first.locations
+    utt_id = corpus["utt_id"][5]
+    np.testing.assert_array_equal(second.read(utt_id)[0], first.read(utt_id)[0])
+    # Unreadable kept locations, or a shard written again (a new mtime), are scanned again.
+    (shards / "shard-000001.tar.locations.json").write_text("{not json")
+    shard = shards / "shard-000002.tar"
+    shard.write_bytes(shard.read_bytes())
+    third = ShardAudioReader(shards)
+    assert third.scanned == 2 and third.locations == first.locations
+    assert ShardAudioReader(shards).scanned == 0
+    assert ShardAudioReader(shards, keep_locations=False).scanned == 3
+    # Writing fewer shards removes the shards and the kept locations it no longer has.
+    write_webdataset_shards(corpus, shards, utterances_per_shard=12, seed=2)
+    assert sorted(path.name for path in shards.iterdir()) == ["index.json", "shard-000000.tar"]
+    assert ShardAudioReader(shards).scanned == 1

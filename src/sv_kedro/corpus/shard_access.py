@@ -6,12 +6,19 @@ where each sample's FLAC bytes lie inside its tar: one pass over the tar headers
 small JSON members, no audio decoded. An utterance is then one seek and one read in a
 file that is already open, instead of opening the utterance's own file; the training audio
 need not stay beside its shards at all.
+
+The pass over a tar is done once: its result is kept beside the shard as
+``<shard>.locations.json`` (written atomically, keyed on the shard's fingerprint, size and
+modification time), so later readers of a million-utterance corpus load a small file per
+shard instead of walking every tar header again. A shard written again, or a folder the
+reader cannot write to, simply means another pass.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tarfile
 from collections.abc import Callable
@@ -21,7 +28,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import soundfile as sf
 
-from sv_kedro.corpus.shards import ShardError, read_shard_index
+from sv_kedro.corpus.shards import LOCATIONS_SUFFIX, ShardError, read_shard_index
+from sv_kedro.utils.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 
 class ShardAudioReader:
@@ -29,9 +39,10 @@ class ShardAudioReader:
 
     ``read(utt_id)`` returns ``(waveform float32 [time], sample_rate)``. Open files are
     per process and are not pickled, so the reader can go to DataLoader workers.
+    ``keep_locations=False`` neither reads nor writes the ``.locations.json`` files.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], keep_locations: bool = True) -> None:
         self._handles: dict[int, BinaryIO] = {}
         self.out_dir = Path(out_dir)
         index = read_shard_index(self.out_dir)
@@ -39,16 +50,28 @@ class ShardAudioReader:
         self.shards = [self.out_dir / entry["name"] for entry in index["shards"]]
         # utt_id -> (shard number, byte offset of the FLAC data, its size)
         self.locations: dict[str, tuple[int, int, int]] = {}
+        self.scanned = 0  # shards whose tar was walked (no usable .locations.json)
         for number, (shard, entry) in enumerate(zip(self.shards, index["shards"], strict=True)):
-            found = self._scan(number, shard)
-            if found != int(entry["count"]):
+            samples = _kept_locations(shard, entry) if keep_locations else None
+            if samples is None:
+                samples = self._scan(shard)
+                self.scanned += 1
+                if keep_locations:
+                    _keep_locations(shard, entry, samples)
+            if len(samples) != int(entry["count"]):
                 raise ShardError(
-                    f"{shard}: holds {found} samples, its index says {entry['count']}; "
+                    f"{shard}: holds {len(samples)} samples, its index says {entry['count']}; "
                     "write the shards again"
                 )
+            for utt_id, offset, size in samples:
+                if utt_id in self.locations:
+                    other = self.shards[self.locations[utt_id][0]]
+                    raise ShardError(f"{shard}: {utt_id!r} is stored twice (also in {other})")
+                self.locations[utt_id] = (number, offset, size)
 
-    def _scan(self, number: int, shard: Path) -> int:
-        """Record the FLAC location of every sample of one shard; returns the samples."""
+    @staticmethod
+    def _scan(shard: Path) -> list[tuple[str, int, int]]:
+        """``(utt_id, FLAC data offset, size)`` of every sample of one shard, in tar order."""
         flac: dict[str, tuple[int, int]] = {}
         utt_ids: dict[str, str] = {}
         try:
@@ -68,12 +91,7 @@ class ShardAudioReader:
         unpaired = sorted(set(flac) ^ set(utt_ids))
         if unpaired:
             raise ShardError(f"{shard}: sample {unpaired[0]!r} lacks its audio or its metadata")
-        for key, utt_id in utt_ids.items():
-            if utt_id in self.locations:
-                other = self.shards[self.locations[utt_id][0]]
-                raise ShardError(f"{shard}: {utt_id!r} is stored twice (also in {other})")
-            self.locations[utt_id] = (number, *flac[key])
-        return len(utt_ids)
+        return [(utt_id, *flac[key]) for key, utt_id in utt_ids.items()]
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -133,3 +151,48 @@ class ShardAudioReader:
 
     def __del__(self) -> None:
         self.close()
+
+
+_LOCATIONS_FORMAT = 1
+
+
+def locations_path(shard: Path) -> Path:
+    """Where the reader keeps ``shard``'s sample locations."""
+    return shard.with_name(shard.name + LOCATIONS_SUFFIX)
+
+
+def _shard_state(shard: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """What the kept locations are valid for: this content, written at this moment."""
+    stat = shard.stat()
+    return {
+        "format": _LOCATIONS_FORMAT,
+        "fingerprint": entry["fingerprint"],
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _kept_locations(shard: Path, entry: dict[str, Any]) -> list[tuple[str, int, int]] | None:
+    """The locations kept for ``shard``, or None where absent, unreadable or out of date."""
+    path = locations_path(shard)
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("state") != _shard_state(shard, entry):
+            return None
+        return [(str(utt_id), int(offset), int(size)) for utt_id, offset, size in kept["samples"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _keep_locations(
+    shard: Path, entry: dict[str, Any], samples: list[tuple[str, int, int]]
+) -> None:
+    """Keep ``samples`` beside ``shard``; a folder that cannot be written is left alone."""
+    try:
+        state = _shard_state(shard, entry)
+        data = json.dumps({"state": state, "samples": samples}, separators=(",", ":"))
+        atomic_write_bytes(locations_path(shard), data.encode())
+    except OSError as exc:
+        log.debug(
+            "Cannot keep the locations of %s (%s); the next reader scans it again", shard, exc
+        )

@@ -42,6 +42,8 @@ from sv_kedro.utils.atomic import atomic_write_bytes, atomic_write_path
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
+# Beside each shard, ``shard_access.ShardAudioReader`` keeps where its samples lie.
+LOCATIONS_SUFFIX = ".locations.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 INDEX_FORMAT = "sv_kedro.webdataset/2"
 
@@ -173,6 +175,7 @@ def write_webdataset_shards(
         ):
             skipped += 1
         else:
+            target.with_name(name + LOCATIONS_SUFFIX).unlink(missing_ok=True)
             try:
                 _write_shard(target, rows, start, sample_rate)
             except Exception as exc:
@@ -190,10 +193,14 @@ def write_webdataset_shards(
         )
         index = _index(entries, table, seed, sample_rate, utterances_per_shard, n_shards)
         atomic_write_bytes(out_dir / INDEX_NAME, json.dumps(index, indent=1).encode())
+    names = {entry["name"] for entry in entries}
     for stale in sorted(out_dir.glob("shard-*.tar")):
-        if stale.name not in {entry["name"] for entry in entries}:
+        if stale.name not in names:
             stale.unlink()
             logger.info("Removed %s, left by an earlier run with more shards", stale)
+    for stale in sorted(out_dir.glob(f"shard-*.tar{LOCATIONS_SUFFIX}")):
+        if stale.name.removesuffix(LOCATIONS_SUFFIX) not in names:
+            stale.unlink()
     logger.info(
         "WebDataset shards in %s: %d written, %d already complete", out_dir, written, skipped
     )
