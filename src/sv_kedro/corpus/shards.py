@@ -13,7 +13,9 @@ it lists shard names, sample counts and two fingerprints per shard. ``fingerprin
 the audio (sample rate, ``utt_id`` and ``path`` of each sample) and is what a reader checks
 against its manifest; ``metadata_fingerprint`` adds the labels stored in the JSON. On a
 re-run a shard whose file exists with both fingerprints and the size recorded in the index
-is skipped, so an interrupted run resumes where it stopped.
+is skipped, so an interrupted run resumes where it stopped. Beside a shard, the first
+``ShardAudioReader`` (``corpus.shard_access``) keeps ``<shard>.locations.json``; writing the
+shard again removes it, as it removes the files of shards a smaller run no longer has.
 
 Training takes labels from its own manifest by ``utt_id``, never from the shard's JSON, so
 one set of shards serves any labelling of the same utterances: the corpus's speakers, or
