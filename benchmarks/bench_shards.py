@@ -19,6 +19,10 @@ of 2 s per utterance, from a window of at most 12 s, the paper's settings): file
 ``EvaluationDataset``, shards through the same dataset with a ``ShardAudioReader``, whose
 index of the tars (built inside the timed pass) turns each utterance into one seek and read.
 
+``--task babble`` times babble augmentation's reads (``BabbleSource.sample``: 3-s babble of
+3-8 other utterances, a random crop of each): from the shards by ``utt_id`` (only the
+crop decoded) against the files (only the crop read), the same draws on both sides.
+
 ``--task index`` times that index alone: a reader loading the ``.locations.json`` each
 shard's first reader kept, against the pass over every tar header (``keep_locations=False``),
 with the page cache dropped before each and again warm.
@@ -28,7 +32,7 @@ pass reads from the disk as a first epoch of a corpus larger than memory would; 
 the passes are warm and the script says so. Sides take turns; medians are reported.
 
 Usage: ``python benchmarks/bench_shards.py [--workers 2 0] [--repeats 3] [--task dino]``
-(or ``--task extraction``, ``--task index``).
+(or ``--task extraction``, ``--task babble``, ``--task index``).
 Skips (exit 0) with a message when the shared data folder is absent.
 """
 
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sv_kedro.audio.augmentation import BabbleSource
 from sv_kedro.audio.crops import CropSpec
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.corpus.shard_access import ShardAudioReader
@@ -120,6 +125,34 @@ def measure_index(shard_dir: str, keep_locations: bool, cold: bool) -> tuple[flo
     return seconds, dropped
 
 
+def measure_babble(source: BabbleSource, draws: int, seconds: float) -> tuple[float, bool]:
+    """(babble draws per second, whether the page cache was dropped first)."""
+    cold = drop_page_cache()
+    rng = np.random.default_rng(0)
+    frames = round(seconds * 16000)
+    start = time.perf_counter()
+    for _ in range(draws):
+        source.sample(frames, rng, int(rng.integers(3, 9)), None, 16000)
+    return draws / (time.perf_counter() - start), cold
+
+
+def report_babble(manifest, shard_dir: str, repeats: int, seconds: float) -> None:
+    files = BabbleSource.from_manifest(manifest)
+    shards = BabbleSource.from_manifest(manifest, ShardAudioReader(shard_dir))
+    draws = 300
+    rates, bases, colds = [], [], []
+    for _ in range(repeats):
+        rate, cold = measure_babble(shards, draws, seconds)
+        base, cold_too = measure_babble(files, draws, seconds)
+        rates.append(rate)
+        bases.append(base)
+        colds.append(cold and cold_too)
+    rate, base = float(np.median(rates)), float(np.median(bases))
+    cache = "dropped before each pass" if all(colds) else "warm (cannot drop)"
+    print(f"{'draws':>5} {'shards draws/s':>15} {'files draws/s':>14} {'ratio':>7}  cache")
+    print(f"{draws:>5} {rate:>15.1f} {base:>14.1f} {rate / base:>6.2f}x  {cache}")
+
+
 def report_index(manifest, shard_dir: str, repeats: int) -> None:
     ShardAudioReader(shard_dir)  # the first reader keeps the locations
     print(f"{'pass':>5} {'kept locations s':>17} {'tar scan s':>11} {'speed-up':>9}  cache")
@@ -149,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shuffle-buffer", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="passes per side (medians)")
     parser.add_argument(
-        "--task", choices=["speaker", "dino", "extraction", "index"], default="speaker"
+        "--task", choices=["speaker", "dino", "extraction", "babble", "index"], default="speaker"
     )
     args = parser.parse_args(argv)
     if not (args.data / SPEECH_CORPORA[0]).is_dir():
@@ -192,10 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                 "dino": "DINO multi-crop items",
                 "extraction": "whole utterances in extraction's length buckets",
                 "index": "the reader's index of the tars",
+                "babble": f"{args.crop_seconds:g}-s babble of 3-8 utterances",
             }.get(args.task, f"{args.crop_seconds:g}-s crops")
         )
         if args.task == "index":
             report_index(manifest, tmp, args.repeats)
+            return 0
+        if args.task == "babble":
+            report_babble(manifest, tmp, args.repeats, args.crop_seconds)
             return 0
         print(f"{'workers':>7} {'shards utt/s':>13} {'files utt/s':>12} {'ratio':>7}  cache")
         for workers in args.workers:
