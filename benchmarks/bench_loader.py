@@ -29,8 +29,9 @@ import torch
 from scipy import signal
 from torch.utils.data import DataLoader, Dataset
 
-from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter, BabbleSource, NoiseBank
+from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter
 from sv_kedro.audio.crops import CropSpec
+from sv_kedro.audio.noise_sources import BabbleSource, NoiseBank
 from sv_kedro.audio.rir import RirBank
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.training.data import SpeakerDataset, collate_padded

@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from sv_kedro.audio.augmentation import BabbleSource
 from sv_kedro.audio.crops import CropSpec
+from sv_kedro.audio.noise_sources import BabbleSource
 from sv_kedro.corpus.folder_source import scan_folder_roots
 from sv_kedro.corpus.shard_access import ShardAudioReader
 from sv_kedro.corpus.shards import read_shard_index, shard_counts, write_webdataset_shards

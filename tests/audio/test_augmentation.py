@@ -10,12 +10,11 @@ import soundfile as sf
 from sv_kedro.audio.augmentation import (
     AugmentationConfig,
     Augmenter,
-    BabbleSource,
-    NoiseBank,
     mix_at_snr,
     speed_perturb,
     speed_perturbed_label,
 )
+from sv_kedro.audio.noise_sources import BabbleSource, NoiseBank
 from sv_kedro.audio.rir import RirBank, prepare_rir, reverberate
 from sv_kedro.corpus.shard_access import ShardAudioReader
 from sv_kedro.corpus.shards import write_webdataset_shards

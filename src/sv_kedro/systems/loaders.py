@@ -42,8 +42,9 @@ from typing import Any
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter, BabbleSource, NoiseBank
+from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter
 from sv_kedro.audio.crops import CropSpec
+from sv_kedro.audio.noise_sources import BabbleSource, NoiseBank
 from sv_kedro.audio.rir import RirBank
 from sv_kedro.corpus.shard_access import ShardAudioReader
 from sv_kedro.corpus.shards import check_shards_hold, shard_counts
