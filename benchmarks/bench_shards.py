@@ -43,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,14 @@ def measure(dataset, workers: int, batch_size: int, shuffle: bool) -> tuple[floa
     return count / (time.perf_counter() - start), cold
 
 
+def measure_epoch(
+    dataset, epoch: int, workers: int, batch_size: int, shuffle: bool
+) -> tuple[float, bool]:
+    """:func:`measure` over ``dataset``'s epoch ``epoch`` (its seeded draws)."""
+    dataset.set_epoch(epoch)
+    return measure(dataset, workers, batch_size, shuffle)
+
+
 def measure_extraction(manifest, shard_dir: str | None, workers: int) -> tuple[float, bool]:
     """Extraction's reads: whole utterances in length buckets, from shards or files."""
     cold = drop_page_cache()
@@ -136,19 +145,33 @@ def measure_babble(source: BabbleSource, draws: int, seconds: float) -> tuple[fl
     return draws / (time.perf_counter() - start), cold
 
 
+def take_turns(
+    ours: Callable[[int], tuple[float, bool]],
+    baseline: Callable[[int], tuple[float, bool]],
+    repeats: int,
+) -> tuple[float, float, bool]:
+    """Median of ``ours(turn)`` and of ``baseline(turn)``, run in turns so both sides see
+    the same machine load, and whether every pass started with the page cache dropped."""
+    mine, theirs, colds = [], [], []
+    for turn in range(repeats):
+        value, cold = ours(turn)
+        base, cold_too = baseline(turn)
+        mine.append(value)
+        theirs.append(base)
+        colds.append(cold and cold_too)
+    return float(np.median(mine)), float(np.median(theirs)), all(colds)
+
+
 def report_babble(manifest, shard_dir: str, repeats: int, seconds: float) -> None:
     files = BabbleSource.from_manifest(manifest)
     shards = BabbleSource.from_manifest(manifest, ShardAudioReader(shard_dir))
     draws = 300
-    rates, bases, colds = [], [], []
-    for _ in range(repeats):
-        rate, cold = measure_babble(shards, draws, seconds)
-        base, cold_too = measure_babble(files, draws, seconds)
-        rates.append(rate)
-        bases.append(base)
-        colds.append(cold and cold_too)
-    rate, base = float(np.median(rates)), float(np.median(bases))
-    cache = "dropped before each pass" if all(colds) else "warm (cannot drop)"
+    rate, base, cold = take_turns(
+        lambda _: measure_babble(shards, draws, seconds),
+        lambda _: measure_babble(files, draws, seconds),
+        repeats,
+    )
+    cache = "dropped before each pass" if cold else "warm (cannot drop)"
     print(f"{'draws':>5} {'shards draws/s':>15} {'files draws/s':>14} {'ratio':>7}  cache")
     print(f"{draws:>5} {rate:>15.1f} {base:>14.1f} {rate / base:>6.2f}x  {cache}")
 
@@ -157,18 +180,15 @@ def report_index(manifest, shard_dir: str, repeats: int) -> None:
     ShardAudioReader(shard_dir)  # the first reader keeps the locations
     print(f"{'pass':>5} {'kept locations s':>17} {'tar scan s':>11} {'speed-up':>9}  cache")
     for cold in (True, False):
-        kept, scans, drops = [], [], []
-        for _ in range(repeats):
-            seconds, dropped = measure_index(shard_dir, True, cold)
-            base, dropped_too = measure_index(shard_dir, False, cold)
-            kept.append(seconds)
-            scans.append(base)
-            drops.append(dropped and dropped_too)
-        fast, slow = float(np.median(kept)), float(np.median(scans))
-        cache = "dropped before each" if all(drops) else "warm"
+        fast, slow, dropped = take_turns(
+            lambda _, cold=cold: measure_index(shard_dir, True, cold),
+            lambda _, cold=cold: measure_index(shard_dir, False, cold),
+            repeats,
+        )
+        cache = "dropped before each" if dropped else "warm"
         name = "cold" if cold else "warm"
         print(f"{name:>5} {fast:>17.3f} {slow:>11.3f} {slow / fast:>8.1f}x  {cache}")
-    per_million = float(np.median(scans)) / len(manifest) * 1e6 / 60
+    per_million = slow / len(manifest) * 1e6 / 60
     print(f"tar scan, warm: {per_million:.1f} min per million utterances at this rate")
 
 
@@ -236,21 +256,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"{'workers':>7} {'shards utt/s':>13} {'files utt/s':>12} {'ratio':>7}  cache")
         for workers in args.workers:
-            shard_rates, file_rates, colds = [], [], []
-            for turn in range(args.repeats):
-                if args.task == "extraction":
-                    rate, cold = measure_extraction(manifest, tmp, workers)
-                    base, cold_too = measure_extraction(manifest, None, workers)
-                else:
-                    shards.set_epoch(turn)
-                    rate, cold = measure(shards, workers, args.batch_size, shuffle=False)
-                    files.set_epoch(turn)
-                    base, cold_too = measure(files, workers, args.batch_size, shuffle=True)
-                shard_rates.append(rate)
-                file_rates.append(base)
-                colds.append(cold and cold_too)
-            rate, base = float(np.median(shard_rates)), float(np.median(file_rates))
-            cache = "dropped before each pass" if all(colds) else "warm (cannot drop)"
+            if args.task == "extraction":
+                rate, base, cold = take_turns(
+                    lambda _, w=workers: measure_extraction(manifest, tmp, w),
+                    lambda _, w=workers: measure_extraction(manifest, None, w),
+                    args.repeats,
+                )
+            else:
+                rate, base, cold = take_turns(
+                    lambda turn, w=workers: measure_epoch(shards, turn, w, args.batch_size, False),
+                    lambda turn, w=workers: measure_epoch(files, turn, w, args.batch_size, True),
+                    args.repeats,
+                )
+            cache = "dropped before each pass" if cold else "warm (cannot drop)"
             print(f"{workers:>7} {rate:>13.1f} {base:>12.1f} {rate / base:>6.2f}x  {cache}")
     return 0
 
