@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sv_kedro.audio.io import AudioDecodeError, audio_info, read_audio, write_audio
+from sv_kedro.audio.io import (
+    AudioDecodeError,
+    audio_files_under,
+    audio_info,
+    read_audio,
+    write_audio,
+)
 
 
 @pytest.mark.parametrize("name", ["absent.wav", "absent.flac", "absent.m4a"])
@@ -34,3 +40,18 @@ def test_written_audio_reads_back(tmp_path):
     read, rate = read_audio(path, offset=100, frames=200)
     assert rate == 16000 and audio_info(path).frames == 1600
     np.testing.assert_allclose(read, wave[100:300], atol=1 / 2**15)
+
+
+def test_audio_files_under_finds_nested_audio_and_names_what_is_missing(tmp_path):
+    (tmp_path / "a/b").mkdir(parents=True)
+    write_audio(tmp_path / "a/b/x.FLAC", np.zeros(160, dtype=np.float32), 16000)
+    write_audio(tmp_path / "a/y.wav", np.zeros(160, dtype=np.float32), 16000)
+    (tmp_path / "a/notes.txt").write_text("not audio")
+    found = audio_files_under(tmp_path, "noise")
+    found = sorted(path.relative_to(tmp_path).as_posix() for path in found)
+    assert found == ["a/b/x.FLAC", "a/y.wav"]
+    with pytest.raises(FileNotFoundError, match="RIR folder does not exist"):
+        audio_files_under(tmp_path / "absent", "RIR")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: no audio files"):
+        audio_files_under(tmp_path / "empty", "noise")

@@ -50,6 +50,18 @@ def _decode_error(path: str, what: str, exc: Exception) -> AudioDecodeError:
     return AudioDecodeError(f"{path}: {what} ({exc})")
 
 
+def audio_files_under(root: str | os.PathLike[str], what: str) -> list[Path]:
+    """Every audio file under ``root`` (recursively, by suffix); errors name ``what``
+    (``"noise"``, ``"RIR"``) when the folder is missing or holds no audio."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: {what} folder does not exist")
+    paths = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES]
+    if not paths:
+        raise ValueError(f"{root}: no audio files ({sorted(AUDIO_SUFFIXES)}) found")
+    return paths
+
+
 def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     """Read frame count, sample rate and channel count from the header, not the samples."""
     path = os.fspath(path)

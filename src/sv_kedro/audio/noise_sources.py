@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sv_kedro.audio.crops import crop_window, read_crop, wrap_pad
-from sv_kedro.audio.io import AUDIO_SUFFIXES, audio_info
+from sv_kedro.audio.io import audio_files_under, audio_info
 from sv_kedro.audio.rir import resample_poly
 
 if TYPE_CHECKING:
@@ -86,13 +86,7 @@ class NoiseBank:
     @classmethod
     def from_folder(cls, root: str | os.PathLike[str], category: str) -> NoiseBank:
         """Every audio file under ``root`` (recursively), all in ``category``."""
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: noise folder does not exist")
-        paths = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES]
-        if not paths:
-            raise ValueError(f"{root}: no audio files ({sorted(AUDIO_SUFFIXES)}) found")
-        return cls.from_files(paths, category)
+        return cls.from_files(audio_files_under(root, "noise"), category)
 
     @classmethod
     def from_musan(cls, root: str | os.PathLike[str]) -> NoiseBank:

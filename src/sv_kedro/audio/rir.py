@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal
 
-from sv_kedro.audio.io import AUDIO_SUFFIXES, audio_info, read_audio, to_mono
+from sv_kedro.audio.io import audio_files_under, audio_info, read_audio, to_mono
 from sv_kedro.utils.atomic import atomic_write_path
 
 CACHE_FORMAT_VERSION = 1
@@ -145,13 +145,7 @@ class RirBank:
     @classmethod
     def from_folder(cls, root: str | os.PathLike[str], sample_rate: int = 16000) -> RirBank:
         """All audio files under ``root`` (recursively), e.g. ``/data/rir/*.flac``."""
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: RIR folder does not exist")
-        paths = [p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES]
-        if not paths:
-            raise ValueError(f"{root}: no audio files ({sorted(AUDIO_SUFFIXES)}) found")
-        return cls.from_files(paths, sample_rate)
+        return cls.from_files(audio_files_under(root, "RIR"), sample_rate)
 
     @classmethod
     def simulated(
