@@ -141,12 +141,7 @@ class BabbleSource:
         self.sources = [str(p) for p in sources]
         self.shards = shards
         if shards is not None:
-            absent = [utt for utt in self.sources if utt not in shards]
-            if absent:
-                raise ValueError(
-                    f"babble: the shards in {shards.out_dir} do not hold {len(absent)} of the "
-                    f"manifest's utterances, e.g. {absent[:3]}"
-                )
+            shards.check_holds(self.sources, "babble utterances")
         self.num_frames = np.asarray(num_frames, dtype=np.int64)
         self.sample_rates = np.asarray(sample_rates, dtype=np.int64)
         by_speaker: dict[str, list[int]] = {}

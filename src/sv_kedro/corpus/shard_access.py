@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -98,6 +98,16 @@ class ShardAudioReader:
 
     def __contains__(self, utt_id: object) -> bool:
         return utt_id in self.locations
+
+    def check_holds(self, utt_ids: Sequence[str], what: str) -> None:
+        """Raise a ``ShardError`` naming the first of ``utt_ids`` that no shard holds;
+        ``what`` says whose utterances they are (``"utterances to embed"``)."""
+        absent = [utt for utt in utt_ids if utt not in self.locations]
+        if absent:
+            raise ShardError(
+                f"{self.out_dir}: the shards do not hold {len(absent)} of the {len(utt_ids)} "
+                f"{what}, e.g. {absent[:3]}; write them from the manifest these come from"
+            )
 
     def _handle(self, number: int) -> BinaryIO:
         handle = self._handles.get(number)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sv_kedro.corpus.shard_access import ShardAudioReader
-from sv_kedro.corpus.shards import ShardError, check_shards_hold, read_shard_index
+from sv_kedro.corpus.shards import check_shards_hold, read_shard_index
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.systems.fingerprint import state_digest
 from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
@@ -204,16 +204,10 @@ def _plan(
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     shards = None
     if config.shard_dir is not None:
-        if len(manifest) == read_shard_index(config.shard_dir)["num_utterances"]:
-            check_shards_hold(manifest, config.shard_dir)
         shards = ShardAudioReader(config.shard_dir)
-        absent = [utt for utt in manifest["utt_id"].astype(str) if utt not in shards]
-        if absent:
-            raise ShardError(
-                f"{config.shard_dir}: the shards do not hold {len(absent)} of the "
-                f"{len(manifest)} utterances to embed, e.g. {absent[:3]}; write them from "
-                "the manifest these utterances come from"
-            )
+        if len(manifest) == len(shards):
+            check_shards_hold(manifest, config.shard_dir)
+        shards.check_holds(manifest["utt_id"].astype(str).tolist(), "utterances to embed")
         log.info("Extraction reads its audio from the shards in %s", config.shard_dir)
     dataset = EvaluationDataset(
         manifest,
