@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 from sv_kedro.api import model_from_checkpoint
+from sv_kedro.corpus.shards import write_webdataset_shards
 from sv_kedro.models.dino import (
     DinoModel,
     DinoOutput,
@@ -99,14 +100,16 @@ def test_cosine_schedule_ends() -> None:
 def test_task_updates_teacher_once_per_optimiser_step() -> None:
     torch.manual_seed(0)
     model = DinoModel(CONFIG)
-    task = DinoTask({"ema_momentum": 0.5, "ema_momentum_end": 0.5}, total_steps=10)
+    task = DinoTask({"ema_momentum": 0.5, "ema_momentum_end": 0.5})
     batch = {"global": torch.randn(2, 2, 4000), "local": torch.randn(2, 2, 2000)}
-    out = task.compute_loss(model, batch, TrainState(step=0, model=model))
+    out = task.compute_loss(model, batch, TrainState(step=0, model=model, total_steps=10))
     assert out.per_sample_loss.shape == (2,) and math.isfinite(float(out.loss.detach()))
     assert task.teacher_step == 0
-    task.compute_loss(model, batch, TrainState(step=2, model=model))
+    task.compute_loss(model, batch, TrainState(step=2, model=model, total_steps=10))
     assert task.teacher_step == 2
-    restored = DinoTask({}, total_steps=10)
+    with pytest.raises(ValueError, match="planned steps"):
+        task.compute_loss(model, batch, TrainState(step=3, model=model))
+    restored = DinoTask({})
     restored.load_state_dict(task.state_dict())
     assert restored.teacher_step == 2
 
@@ -176,3 +179,34 @@ def test_train_dino_resumes_and_exports_an_encoder(tmp_path: Path) -> None:
     assert model.embed(torch.randn(2, 8000)).shape == (2, 16)
     with pytest.raises(ValueError, match="not a DINO checkpoint"):
         encoder_checkpoint_payload(encoder)
+
+
+def test_ema_ramp_spans_the_steps_a_shard_run_takes(tmp_path: Path) -> None:
+    # 12 utterances in 4 shards of 3 on 2 loader workers: each worker holds 6 and drops
+    # its partial batch of 4, so an epoch is 2 steps, not the manifest's 12 // 4 = 3.
+    manifest = _write_corpus(tmp_path, n=12)
+    shards = tmp_path / "shards"
+    write_webdataset_shards(manifest.assign(speaker="x"), shards, utterances_per_shard=3, seed=0)
+    start, end = 0.9, 1.0
+    payload, metrics = train_dino(
+        manifest,
+        model=CONFIG,
+        dino={"ema_momentum": start, "ema_momentum_end": end},
+        training={"epochs": 2, "lr": 1e-3, "log_every": 1, "progress_bar": False},
+        data={
+            "batch_size": 4,
+            "global_seconds": 0.5,
+            "local_seconds": 0.25,
+            "local_crops": 2,
+            "num_workers": 2,
+            "shard_dir": str(shards),
+        },
+        run={"work_dir": str(tmp_path / "work"), "resume": False},
+    )
+    total = payload["training_state"]["step"]
+    assert total == 4
+    logged = metrics.dropna(subset=["ema_momentum"])
+    assert len(logged) == total
+    for step, momentum in zip(logged["step"], logged["ema_momentum"], strict=True):
+        # the logged step is the one the row closes; the momentum is that of the step before
+        assert momentum == pytest.approx(cosine_schedule(start, end, int(step) - 1, total))

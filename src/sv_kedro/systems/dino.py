@@ -20,7 +20,7 @@ Config of the task (``dino`` parameters)::
     teacher_temperature_start: 0.04    # linear warm-up over warmup_teacher_steps
     warmup_teacher_steps: 0
     center_momentum: 0.9
-    ema_momentum: 0.996                # cosine ramp to ema_momentum_end over total_steps
+    ema_momentum: 0.996                # cosine ramp to ema_momentum_end over the run's steps
     ema_momentum_end: 1.0
 """
 
@@ -169,17 +169,18 @@ class DinoLoaderFactory:
 class DinoTask:
     """The DINO loss as a ``TrainingTask``; see the module docstring for its config.
 
-    ``total_steps`` (optimiser steps of the whole run) shapes the EMA-momentum ramp.
+    The EMA-momentum ramp spans the loop's planned optimiser steps
+    (``TrainState.total_steps``), the same count the learning-rate schedule spans, so both
+    end together whatever the loader (files or shards, any number of workers) drops.
     """
 
-    def __init__(self, config: Mapping[str, Any], total_steps: int) -> None:
+    def __init__(self, config: Mapping[str, Any]) -> None:
         unknown = sorted(set(config) - set(TASK_DEFAULTS))
         if unknown:
             raise ValueError(
                 f"dino task: unknown key(s) {unknown}; allowed {sorted(TASK_DEFAULTS)}"
             )
         self.config = {k: float(v) for k, v in {**TASK_DEFAULTS, **dict(config)}.items()}
-        self.total_steps = int(total_steps)
         self.teacher_step = 0  # optimiser steps already folded into the teacher
 
     def teacher_temperature(self, step: int) -> float:
@@ -189,9 +190,14 @@ class DinoTask:
             return end
         return start + (end - start) * step / warmup
 
-    def ema_momentum(self, step: int) -> float:
+    def ema_momentum(self, step: int, total_steps: int | None) -> float:
+        if not total_steps:
+            raise ValueError(
+                "DINO's EMA-momentum ramp needs the run's planned steps: the loader has no "
+                "length and training.max_steps is unset"
+            )
         return cosine_schedule(
-            self.config["ema_momentum"], self.config["ema_momentum_end"], step, self.total_steps
+            self.config["ema_momentum"], self.config["ema_momentum_end"], step, total_steps
         )
 
     def compute_loss(self, model: Any, batch: Mapping[str, Any], state: TrainState) -> StepOutput:
@@ -199,7 +205,7 @@ class DinoTask:
         # The teacher follows the student of the previous optimiser step (one EMA update per
         # step, whatever the gradient accumulation); the count survives a resume.
         while self.teacher_step < state.step:
-            inner.update_teacher(self.ema_momentum(self.teacher_step))
+            inner.update_teacher(self.ema_momentum(self.teacher_step, state.total_steps))
             self.teacher_step += 1
         output = model(batch["global"], batch["local"])
         temperature = self.teacher_temperature(state.step)
@@ -219,7 +225,7 @@ class DinoTask:
             usage = float(-(probabilities * probabilities.clamp_min(1e-12).log()).sum())
         extra = {
             "teacher_temperature": temperature,
-            "ema_momentum": self.ema_momentum(state.step),
+            "ema_momentum": self.ema_momentum(state.step, state.total_steps),
             "prototype_entropy": usage,
         }
         return StepOutput(per_sample.mean(), per_sample.detach(), 0, len(per_sample), extra)
@@ -232,29 +238,13 @@ class DinoTask:
 
 
 def build_dino_task(config: Mapping[str, Any]) -> DinoTask:
-    """``{"dino": {...}, "total_steps": N}`` -> ``DinoTask`` (``TrainingJob.task_builder``)."""
-    return DinoTask(config.get("dino") or {}, int(config["total_steps"]))
+    """``{"dino": {...}}`` -> ``DinoTask`` (``TrainingJob.task_builder``)."""
+    return DinoTask(config.get("dino") or {})
 
 
 def build_dino_loader(config: Mapping[str, Any]) -> DinoLoaderFactory:
     """``TrainingJob.loader_builder`` for DINO."""
     return DinoLoaderFactory(config)
-
-
-def _planned_steps(n_items: int, data: Mapping[str, Any], training: Mapping[str, Any], world: int):
-    # From shards an epoch can be a few batches shorter (each loader worker drops its own
-    # partial batch): the EMA ramp then stops just short of ema_momentum_end.
-    batches = n_items // (int(data.get("batch_size", LOADER_DEFAULTS["batch_size"])) * world)
-    if batches == 0:
-        raise ValueError(
-            f"DINO: {n_items} utterances cannot fill one batch of {data.get('batch_size')} "
-            f"x {world} process(es); lower dino data.batch_size"
-        )
-    per_epoch = batches // int(training.get("grad_accumulation", 1))
-    steps = [per_epoch * int(training["epochs"])] if training.get("epochs") else []
-    if training.get("max_steps"):
-        steps.append(int(training["max_steps"]))
-    return min(steps)
 
 
 def train_dino(
@@ -283,6 +273,12 @@ def train_dino(
         unlabeled.to_parquet(tmp, index=False)
     launch_config = DistributedConfig.from_dict(dict(distributed or {}))
     world = _world_size(launch_config)
+    batch_size = int(data.get("batch_size", LOADER_DEFAULTS["batch_size"]))
+    if len(unlabeled) < batch_size * world:
+        raise ValueError(
+            f"DINO: {len(unlabeled)} utterances cannot fill one batch of {batch_size} "
+            f"x {world} process(es); lower dino data.batch_size"
+        )
     job = TrainingJob(
         model_builder="sv_kedro.models.dino:build_dino_model",
         task_builder="sv_kedro.systems.dino:build_dino_task",
@@ -290,10 +286,7 @@ def train_dino(
         checkpoint_dir=str(work / "checkpoints"),
         train_config=dict(training),
         model_config=normalize_dino_config(model),
-        task_config={
-            "dino": dict(dino),
-            "total_steps": _planned_steps(len(unlabeled), data, training, world),
-        },
+        task_config={"dino": dict(dino)},
         loader_config={
             **copy.deepcopy(dict(data)),
             "manifest_path": str(manifest_path),

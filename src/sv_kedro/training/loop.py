@@ -215,6 +215,7 @@ class _Trainer:
             ctx.world_size,
             ctx.device,
             self.model,
+            self.total_steps,
         )
 
     def _run_epoch(self, bar: ProgressBar) -> None:

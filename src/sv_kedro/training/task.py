@@ -48,7 +48,9 @@ class TrainState:
     """Where training stands; passed to the task on every step.
 
     ``model`` is the unwrapped module (not the DDP wrapper), for tasks that need to reach
-    a head or the pre-trained weights.
+    a head or the pre-trained weights. ``total_steps`` is the loop's plan of optimiser
+    steps for the whole run (what the learning-rate schedule spans; ``None`` when the
+    loader has no length and no ``max_steps`` caps the run).
     """
 
     epoch: int = 0
@@ -58,6 +60,7 @@ class TrainState:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     model: nn.Module | None = None
+    total_steps: int | None = None
 
 
 @dataclass
