@@ -97,7 +97,7 @@ def test_pt_that_is_not_a_dict_is_rejected(tmp_path):
         EmbeddingsDataset(filepath=str(path)).load()
 
 
-def test_non_finite_vectors_load_and_check_finite_names_them(tmp_path):
+def test_non_finite_vectors_load_and_check_usable_names_them(tmp_path):
     table = _table()
     table.vectors[1, 3] = np.nan
     table.vectors[2, 0] = np.inf
@@ -107,7 +107,7 @@ def test_non_finite_vectors_load_and_check_finite_names_them(tmp_path):
         reread = loaded.load()
         assert np.isnan(reread[KEYS[1]][3])
         with pytest.raises(EmbeddingError, match=r"2 embedding\(s\) contain NaN or inf") as err:
-            reread.check_finite()
+            reread.check_usable()
         assert KEYS[1] in str(err.value) and KEYS[2] in str(err.value)
 
 

@@ -40,3 +40,14 @@ def test_duplicate_keys_and_mismatched_shapes_are_refused_by_name():
         EmbeddingTable(["a", "b", "c"], np.zeros((2, 4), dtype=np.float32))
     with pytest.raises(EmbeddingError, match=r"no embedding.*ghost"):
         _table(["u1"]).rows(["ghost"])
+
+
+def test_check_usable_names_all_zero_vectors_after_non_finite_ones():
+    table = _table(["u1", "u2", "u3"])
+    table.check_usable()
+    table.vectors[1] = 0.0
+    with pytest.raises(EmbeddingError, match=r"1 embedding\(s\) are all zeros, e.g. \['u2'\]"):
+        table.check_usable()
+    table.vectors[2, 0] = np.nan
+    with pytest.raises(EmbeddingError, match=r"NaN or inf, e.g. \['u3'\]"):
+        table.check_usable()

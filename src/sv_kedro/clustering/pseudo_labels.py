@@ -209,7 +209,7 @@ def manifest_vectors(embeddings: EmbeddingTable, manifest: pd.DataFrame) -> np.n
     if duplicated:
         raise ClusteringInputError(f"manifest repeats utt_id(s), e.g. {duplicated[:5]}")
     aligned = embeddings.subset(utt_ids)  # raises naming utt_ids without embeddings
-    aligned.check_finite()  # raises naming the utt_ids whose vectors hold NaN/inf
+    aligned.check_usable()  # raises naming the utt_ids whose vectors hold NaN/inf or zeros
     return np.asarray(aligned.vectors, dtype=np.float32)
 
 

@@ -74,7 +74,7 @@ class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
           type: sv_kedro.datasets.EmbeddingsDataset
           filepath: data/01_raw/dino_embeddings.pt            # format inferred: pt
 
-    Non-finite vectors load as they are; ``EmbeddingTable.check_finite()`` finds them.
+    Non-finite or zero vectors load as they are; ``EmbeddingTable.check_usable()`` finds them.
 
     kedro-viz shows a table by default; ``metadata: {kedro-viz: {preview_args: {kind:
     projection, labels_from: speaker}}}`` shows a PCA scatter instead (see

@@ -92,12 +92,20 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
             )
         return np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
 
-    def check_finite(self) -> None:
-        """Raise naming the utterances whose vectors hold NaN or inf."""
+    def check_usable(self) -> None:
+        """Raise naming the utterances whose vectors hold NaN or inf, or are all zeros.
+
+        A zero vector has no direction: its cosine score is 0 against everything and it
+        cannot be length-normalised, so it would be scored (or clustered) silently wrong.
+        """
         bad = ~np.isfinite(self.vectors).all(axis=1)
         if bad.any():
             names = [self.keys_[i] for i in np.flatnonzero(bad)[:5]]
             raise EmbeddingError(f"{int(bad.sum())} embedding(s) contain NaN or inf, e.g. {names}")
+        zero = ~np.any(self.vectors, axis=1)
+        if zero.any():
+            names = [self.keys_[i] for i in np.flatnonzero(zero)[:5]]
+            raise EmbeddingError(f"{int(zero.sum())} embedding(s) are all zeros, e.g. {names}")
 
     def subset(self, keys: Sequence[str]) -> EmbeddingTable:
         """A new table holding ``keys`` in that order."""

@@ -133,7 +133,8 @@ def validate_embeddings(
     """The embeddings of exactly the manifest's utterances, in manifest order.
 
     Raises ``EmbeddingError`` naming the keys at fault: embeddings for utterances the
-    manifest does not have, manifest utterances without an embedding, NaN/inf vectors.
+    manifest does not have, manifest utterances without an embedding, NaN/inf or zero
+    vectors.
     (Duplicate keys cannot reach here: ``EmbeddingTable`` refuses them, naming them.)
     """
     utt_ids = train_manifest["utt_id"].astype(str)
@@ -155,7 +156,7 @@ def validate_embeddings(
         )
     aligned = embeddings.subset(utt_ids.tolist())
     try:
-        aligned.check_finite()
+        aligned.check_usable()
     except EmbeddingError as error:
         raise EmbeddingError(f"{source}: {error}") from error
     return EmbeddingTable(list(aligned.keys_), np.asarray(aligned.vectors, dtype=np.float32))
