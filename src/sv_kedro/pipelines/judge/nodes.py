@@ -34,12 +34,58 @@ class JudgeError(ValueError):
     """A judge parameter that cannot be used."""
 
 
+JUDGE_KEYS = frozenset(
+    {
+        "checkpoint",
+        "embeddings",
+        "audio_root",
+        "trial_list",
+        "generated_trials",
+        "workers",
+        "fixed_dir",
+        "validation",
+        "extraction",
+    }
+)
+GENERATED_TRIALS_KEYS = frozenset({"targets_per_utt", "nontargets_per_utt", "seed"})
+
+
+def check_judge_params(judge: dict[str, Any]) -> None:
+    """Refuse misspelt keys: a typo such as ``judge.trial_lst`` would otherwise be ignored
+    and the metrics reported on a generated list instead of the user's."""
+    unknown = sorted(set(judge) - JUDGE_KEYS)
+    if unknown:
+        raise JudgeError(f"judge: unknown key(s) {unknown}; allowed {sorted(JUDGE_KEYS)}")
+    generated = judge.get("generated_trials") or {}
+    unknown = sorted(set(generated) - GENERATED_TRIALS_KEYS)
+    if unknown:
+        raise JudgeError(
+            f"judge.generated_trials: unknown key(s) {unknown}; "
+            f"allowed {sorted(GENERATED_TRIALS_KEYS)}"
+        )
+
+
+def _int_param(judge: dict[str, Any], path: str, default: int) -> int:
+    section, _, key = path.rpartition(".")
+    value = (judge.get(section) or {}).get(key, default) if section else judge.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise JudgeError(f"judge.{path} must be an integer, got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise JudgeError(f"judge.{path} must be an integer, got {value!r}") from None
+
+
 def scan_judged_audio(judge: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Manifest of ``judge.audio_root`` (``<speaker>/[<session>/]<utt>``), validated."""
+    check_judge_params(judge)
     if not judge.get("audio_root"):
         raise JudgeError('set the audio to judge: --params "judge.audio_root=/path/to/corpus"')
     roots = [resolve_path(root) for root in split_roots(judge["audio_root"], "judge.audio_root")]
-    raw = scan_folder_roots(roots, workers=int(judge.get("workers", 0)))
+    workers = _int_param(judge, "workers", 0)
+    if workers < 0:
+        raise JudgeError(f"judge.workers must be >= 0, got {workers}")
+    raw = scan_folder_roots(roots, workers=workers)
     policy = ValidationPolicy(**dict(judge.get("validation") or {}))
     manifest, report = validate_manifest(raw, policy, resolve_path(judge["fixed_dir"]))
     if manifest.empty:
@@ -47,20 +93,61 @@ def scan_judged_audio(judge: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
     return manifest, report
 
 
-def judged_trials(manifest: pd.DataFrame, judge: dict[str, Any]) -> pd.DataFrame:
-    """``judge.trial_list`` (checked against the audio), or a list generated from it."""
+def judged_trials(
+    manifest: pd.DataFrame, quality_report: pd.DataFrame, judge: dict[str, Any]
+) -> pd.DataFrame:
+    """``judge.trial_list`` (checked against the audio), or a list generated from it.
+
+    A given list is checked here, before anything is embedded: it needs labels and both
+    target and non-target trials, and every utterance it names must have passed
+    validation (one excluded by it is named with the reason).
+    """
+    check_judge_params(judge)
     if judge.get("trial_list"):
-        trials = read_trial_list(resolve_path(judge["trial_list"]))
-        check_trials_against_manifest(trials, manifest, str(judge["trial_list"]))
+        name = str(judge["trial_list"])
+        trials = read_trial_list(resolve_path(name))
+        _check_labels(trials, name)
+        _check_trial_utterances(trials, manifest, quality_report, name)
         return trials
-    generated = dict(judge.get("generated_trials") or {})
     return generate_trials(
         manifest,
-        int(generated.get("targets_per_utt", 4)),
-        int(generated.get("nontargets_per_utt", 8)),
-        int(generated.get("seed", 0)),
+        _int_param(judge, "generated_trials.targets_per_utt", 4),
+        _int_param(judge, "generated_trials.nontargets_per_utt", 8),
+        _int_param(judge, "generated_trials.seed", 0),
         allow_singletons=True,
     )
+
+
+def _check_labels(trials: pd.DataFrame, name: str) -> None:
+    if "label" not in trials or trials["label"].isna().any():
+        raise JudgeError(
+            f"judge.trial_list {name!r}: judging needs labelled trials, one "
+            "'<1|0> <enrol> <test>' per line; this list has unlabelled lines"
+        )
+    kinds = set(trials["label"].astype(int))
+    if kinds != {0, 1}:
+        present = "target" if kinds == {1} else "non-target"
+        raise JudgeError(
+            f"judge.trial_list {name!r}: all {len(trials)} trials are {present} trials; EER "
+            "and minDCF need both target (1) and non-target (0) trials"
+        )
+
+
+def _check_trial_utterances(
+    trials: pd.DataFrame, manifest: pd.DataFrame, quality_report: pd.DataFrame, name: str
+) -> None:
+    named = pd.unique(pd.concat([trials["enrol"], trials["test"]]).astype(str))
+    excluded = quality_report[quality_report["action"].astype(str) == "excluded"]
+    reasons = {
+        str(row.utt_id): f"{row.reason}: {row.detail}" for row in excluded.itertuples(index=False)
+    }
+    hit = [f"{utt} ({reasons[utt]})" for utt in named if utt in reasons]
+    if hit:
+        raise JudgeError(
+            f"judge.trial_list {name!r}: {len(hit)} utterance(s) it names were excluded by "
+            f"audio validation, e.g. {hit[:5]}; see judge_quality_report for the details"
+        )
+    check_trials_against_manifest(trials, manifest, name)
 
 
 def judged_embeddings(
@@ -89,7 +176,7 @@ def score_judged_trials(
     """Cosine (and, with crops, crop and fused) scores; EER and both minDCFs for each."""
     full, crops = embeddings
     for_trials = set(trials["enrol"].astype(str)) | set(trials["test"].astype(str))
-    full.subset(sorted(for_trials)).check_finite()
+    full.subset(sorted(for_trials)).check_usable()
     labels = trials["label"].to_numpy(dtype=int)
     scores = {"cosine": cosine_scores(full, trials)}
     if crops is not None:

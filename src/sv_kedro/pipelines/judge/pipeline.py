@@ -20,7 +20,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
             ),
             node(
                 nodes.judged_trials,
-                inputs=["judge_manifest", "params:judge"],
+                inputs=["judge_manifest", "judge_quality_report", "params:judge"],
                 outputs="judge_trials",
                 name="load_or_generate_judged_trials",
             ),
