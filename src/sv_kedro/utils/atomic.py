@@ -12,6 +12,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# mkstemp creates its file 0600; the renamed file should get the mode a plain open() gives.
+# The umask can only be read by setting it, so it is read once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_write_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
@@ -19,7 +24,8 @@ def atomic_write_path(target: str | os.PathLike[str], suffix: str | None = None)
 
     The temporary file keeps the target's suffix (or ``suffix``) so that libraries which
     pick a format from the extension (soundfile, pandas) still do the right thing.
-    On an exception the temporary file is removed and ``target`` is left untouched.
+    On an exception the temporary file is removed and ``target`` is left untouched. The
+    file ends with the usual permissions (``0666`` less the umask), not ``mkstemp``'s 0600.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +38,8 @@ def atomic_write_path(target: str | os.PathLike[str], suffix: str | None = None)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():
+            tmp.chmod(0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
