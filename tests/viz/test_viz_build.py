@@ -85,6 +85,10 @@ def _type(node: dict[str, Any]) -> str:
     return node.get("dataset_type") or ""
 
 
+def _is_table(node: dict[str, Any]) -> bool:
+    return _type(node).endswith(("ParquetDataset", "CSVDataset"))
+
+
 def _png(preview: Any) -> bool:
     return isinstance(preview, str) and base64.b64decode(preview)[:8] == PNG_MAGIC
 
@@ -123,12 +127,12 @@ DATASET_KINDS: dict[str, tuple[Callable[[dict[str, Any]], bool], str, Callable[[
         _png,
     ),
     "manifest": (
-        lambda n: n["name"].split(".")[-1].endswith("manifest") and "pandas" in _type(n),
+        lambda n: n["name"].split(".")[-1].endswith("manifest") and _is_table(n),
         "TablePreview",
         _table({"utt_id", "speaker", "duration"}),
     ),
     "pseudo_label_table": (
-        lambda n: n["name"].split(".")[-1] == "pseudo_labels" and "pandas" in _type(n),
+        lambda n: n["name"].split(".")[-1] == "pseudo_labels" and _is_table(n),
         "TablePreview",
         _table({"utt_id"}),
     ),
@@ -143,7 +147,7 @@ DATASET_KINDS: dict[str, tuple[Callable[[dict[str, Any]], bool], str, Callable[[
         _json_with({"architecture", "epoch", "step"}),
     ),
     "metrics": (
-        lambda n: n["name"].endswith(".metrics") and "json" in _type(n),
+        lambda n: n["name"].endswith(".metrics") and _type(n).endswith("JSONDataset"),
         "JSONPreview",
         _metrics_json,
     ),
