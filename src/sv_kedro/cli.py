@@ -39,13 +39,16 @@ def cli() -> None:
 )
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default=None)
 @click.option("--isolation", type=click.Choice(["subprocess", "in_process"]), default=None)
-@click.option("--max-runs", type=int, default=None, help="Run at most this many (the rest later).")
+@click.option(
+    "--max-runs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Run at most this many (the rest later).",
+)
 @click.option("--list", "list_only", is_flag=True, help="List the defined sweeps and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the runs without running them.")
 def sweep(name, env, params, executor, isolation, max_runs, list_only, dry_run) -> None:
     """Run the sweep NAME: a grid of --params overrides x seeds, one kedro run each."""
-    from omegaconf import OmegaConf
-
     from sv_kedro.sweeps.project import list_sweeps, load_sweep_spec, run_project_sweep
 
     project = Path.cwd()
@@ -53,12 +56,12 @@ def sweep(name, env, params, executor, isolation, max_runs, list_only, dry_run) 
         for sweep_name, description in list_sweeps(project, env).items():
             click.echo(f"{sweep_name}: {description}")
         return
-    overrides = {}
-    if params:
-        dotted = OmegaConf.to_container(OmegaConf.from_dotlist(params.split(",")))
-        overrides = _flatten(dotted)
+    overrides = _flatten(_parse_params(params))
     settings = {k: v for k, v in (("executor", executor), ("isolation", isolation)) if v}
-    spec = load_sweep_spec(project, name, env, overrides, settings)
+    try:
+        spec = load_sweep_spec(project, name, env, overrides, settings)
+    except KeyError as exc:  # an unknown NAME: its message lists the defined sweeps
+        raise click.ClickException(str(exc.args[0])) from exc
     if dry_run:
         for run in spec.runs():
             click.echo(f"{run.run_id}: {run.overrides}")
@@ -82,7 +85,6 @@ def check_setup(env, systems, params, probe_items) -> None:
 
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-    from omegaconf import OmegaConf
 
     from sv_kedro.pipelines.supervised_training import SYSTEMS
     from sv_kedro.pipelines.supervised_training.nodes import check_training_setup
@@ -91,7 +93,7 @@ def check_setup(env, systems, params, probe_items) -> None:
     unknown = sorted(set(chosen) - set(SYSTEMS))
     if unknown:
         raise click.BadParameter(f"unknown system(s) {unknown}; known: {list(SYSTEMS)}")
-    runtime = OmegaConf.to_container(OmegaConf.from_dotlist(params.split(","))) if params else {}
+    runtime = _parse_params(params)
     project = Path.cwd()
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime) as session:
@@ -130,6 +132,27 @@ def check_setup(env, systems, params, probe_items) -> None:
             )
     if failed:
         raise click.ClickException(f"{len(failed)} system(s) failed: {sorted(failed)}")
+
+
+def _parse_params(params: str) -> dict:
+    """``key=value,key2=value2`` as a nested dict, as ``kedro run --params`` reads it.
+
+    OmegaConf would take an item without ``=`` as the key of a ``None`` value and pass it
+    to every run, so such an item is refused here.
+    """
+    from omegaconf import OmegaConf
+
+    if not params:
+        return {}
+    items = params.split(",")
+    for item in items:
+        key, equals, _ = item.partition("=")
+        if not equals or not key.strip():
+            raise click.BadParameter(
+                f"{item!r} is not of the form key=value (e.g. training.max_steps=20)",
+                param_hint="'--params'",
+            )
+    return OmegaConf.to_container(OmegaConf.from_dotlist(items))
 
 
 def _flatten(nested: dict, prefix: str = "") -> dict:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,15 @@ from kedro.framework.startup import bootstrap_project
 
 from sv_kedro.corpus.shards import iter_webdataset_shards, shard_paths
 from sv_kedro.corpus.trials import TrialGenerationError
+from sv_kedro.corpus.validation import ValidationPolicy
 from sv_kedro.pipelines.data_engineering import nodes, source_nodes
-from sv_kedro.pipelines.data_engineering.params import DataEngineeringError
+from sv_kedro.pipelines.data_engineering.params import (
+    KEYS,
+    DataEngineeringError,
+    check_section_keys,
+    section,
+    source_of,
+)
 from sv_kedro.scoring.trial_list import read_trial_list
 
 TINY_SYNTHETIC = {
@@ -292,3 +300,56 @@ def test_cli_runs_the_pipeline_by_name(kedro_project: Path):
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(summary.read_text())["splits"]["test"]["speakers"] == 2
+
+
+def test_misspelt_keys_are_refused_naming_the_key_path():
+    with pytest.raises(DataEngineeringError, match=r"data_engineering: unknown key\(s\) \['sed'\]"):
+        source_of({"source": "synthetic", "sed": 1})
+    with pytest.raises(
+        DataEngineeringError,
+        match=r"data_engineering\.split: unknown key\(s\) \['test_speaker'\]; "
+        r"allowed \[.*'test_speakers'",
+    ):
+        nodes.hold_out_test_speakers(
+            pd.DataFrame(), {"source": "synthetic", "split": {"test_speaker": 4}}
+        )
+    with pytest.raises(DataEngineeringError, match=r"data_engineering\.shards: .*\['enable'\]"):
+        nodes.write_training_shards(
+            pd.DataFrame(), {"source": "synthetic", "shards": {"enable": True}}
+        )
+    # A nested section names its whole path.
+    synthetic = {"synthetic": {"root": "x", "corpus": {}, "corpsu": {}}}
+    with pytest.raises(DataEngineeringError, match=r"data_engineering\.synthetic: .*\['corpsu'\]"):
+        section(synthetic, "synthetic")
+
+
+def test_shipped_environments_use_only_known_keys(kedro_project: Path):
+    bootstrap_project(kedro_project)
+    for env in (None, "folder", "voxceleb"):
+        with KedroSession.create(project_path=kedro_project, env=env) as session:
+            settings = session.load_context().params["data_engineering"]
+        check_section_keys(settings)
+        for key in settings:
+            if isinstance(settings[key], dict):
+                section(settings, key)
+    validation = {f.name for f in fields(ValidationPolicy)} | {"fixed_dir"}
+    assert set(KEYS["data_engineering.validation"]) == validation
+
+
+def test_a_value_that_is_no_number_is_named():
+    test_manifest = pd.DataFrame({"utt_id": ["a/1.wav", "b/1.wav"], "speaker": ["a", "b"]})
+    settings = {"source": "synthetic", "trials": {"targets_per_utt": "abc"}}
+    with pytest.raises(
+        DataEngineeringError,
+        match=r"data_engineering\.trials\.targets_per_utt must be an integer, got 'abc'",
+    ):
+        nodes.build_trial_lists(test_manifest, settings)
+    settings = {"source": "synthetic", "split": {"validation_ratio": "a tenth"}}
+    with pytest.raises(DataEngineeringError, match=r"split\.validation_ratio must be a number"):
+        nodes.split_train_and_validation(test_manifest, settings)
+
+
+def test_an_empty_folder_source_names_the_roots(tmp_path: Path):
+    settings = {"source": "folder", "folder": {"roots": [str(tmp_path)]}}
+    with pytest.raises(DataEngineeringError, match=f"gave no audio files .* under .*{tmp_path}"):
+        source_nodes.build_raw_manifest(pd.DataFrame(), settings)

@@ -118,3 +118,8 @@ def test_metric_selection_names_what_exists():
     assert select_metric(metrics, {"trial_set": "test", "backend": "fusion"}, "m")["eer"] == 0.1
     with pytest.raises(KeyError, match=r"no back-end 'pair'.*\['fusion'\]"):
         select_metric(metrics, {"trial_set": "test", "backend": "pair"}, "m")
+
+
+def test_max_runs_below_one_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"max_runs must be >= 1 .*got 0"):
+        run_sweep(pooling_spec(output_root=str(tmp_path)), fake_project(tmp_path), max_runs=0)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from sv_kedro.corpus.shards import ShardError, write_webdataset_shards
-from sv_kedro.systems.loaders import build_loader
+from sv_kedro.systems.loaders import build_loader, checked_loader_config
 from sv_kedro.training.task import LoaderRequest
 
 RATE = 16000
@@ -126,3 +126,40 @@ def test_pseudo_labels_of_the_same_utterances_read_the_same_shards(training_set)
     truth = manifest.set_index("utt_id")["speaker_index"]
     seen = [u for b in batches for u in b["utt_ids"]]
     assert (labels.loc[seen].to_numpy() != truth.loc[seen].to_numpy()).sum() > len(seen) // 2
+
+
+def test_data_typos_and_values_that_are_no_numbers_are_named(training_set):
+    with pytest.raises(
+        ValueError, match=r"data: unknown key\(s\) \['batchsize'\]; allowed \['batch_size'"
+    ):
+        build_loader(_config(training_set, batchsize=8))
+    with pytest.raises(ValueError, match=r"data\.batch_size must be an integer, got 'abc'"):
+        build_loader(_config(training_set, batch_size="abc"))
+    with pytest.raises(ValueError, match=r"data\.crop_seconds must be a number, got 'long'"):
+        build_loader(_config(training_set, crop_seconds="long"))
+    with pytest.raises(ValueError, match=r"data: missing key\(s\) \['crop_seconds'\]"):
+        build_loader(_config(training_set, crop_seconds=None))
+    augmentation = {"weights": {"reverb": 1}, "simulated_rirs": "many"}
+    with pytest.raises(ValueError, match=r"data\.augmentation\.simulated_rirs must be an integer"):
+        build_loader(_config(training_set, augmentation=augmentation))
+
+
+def test_shipped_data_sections_pass_the_key_check(kedro_project: Path):
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import deep_merge
+    from sv_kedro.pipelines.supervised_training import SYSTEMS
+
+    bootstrap_project(kedro_project)
+    for env in (None, "voxceleb"):
+        with KedroSession.create(project_path=kedro_project, env=env) as session:
+            params = session.load_context().params
+        ssl = params["ssl_pseudo_labeling"]
+        sections = [params[system]["data"] for system in SYSTEMS] + [
+            ssl["finetune"]["data"],
+            deep_merge(ssl["finetune"], ssl["lmft"])["data"],
+        ]
+        for data in sections:
+            checked = checked_loader_config(data)
+            assert isinstance(checked["batch_size"], int) and checked["crop_seconds"] > 0

@@ -274,6 +274,9 @@ def run_sweep(
 
     Returns the sweep folder and this invocation's outcomes (finished runs: ``skipped``).
     """
+    # Below 1 no run would start, and the sweep would report success having done nothing.
+    if max_runs is not None and max_runs < 1:
+        raise ValueError(f"max_runs must be >= 1 (or None for all), got {max_runs}")
     project = Path(project).resolve()
     output_root = Path(spec.output_root)
     sweep_dir = (output_root if output_root.is_absolute() else project / output_root) / spec.name

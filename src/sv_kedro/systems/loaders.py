@@ -53,6 +53,7 @@ from sv_kedro.training.data import PairDataset, SpeakerDataset, collate_padded, 
 from sv_kedro.training.samplers import PairBatchSampler, SpeakerBalancedBatchSampler
 from sv_kedro.training.shard_data import ShardDataset, SizedLoader, shard_epoch_loader
 from sv_kedro.training.task import LoaderRequest
+from sv_kedro.utils.params import as_float, as_int, check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,52 @@ AUGMENTATION_SOURCES = (
     "rir_cache",
     "babble_from_manifest",
 )
+# The keys of ``<system>.data`` (see the module docstring); the runner adds RUNNER_KEYS.
+LOADER_KEYS = (
+    "batch_size",
+    "crop_seconds",
+    "crop_mode",
+    "utts_per_speaker_cap",
+    "pairs",
+    "pairs_per_epoch",
+    "return_clean",
+    "num_workers",
+    "sample_rate",
+    "shard_dir",
+    "shuffle_buffer",
+    "augmentation",
+)
+RUNNER_KEYS = ("manifest_path", "seed")
+REQUIRED_KEYS = ("batch_size", "crop_seconds")
+NULLABLE_KEYS = ("utts_per_speaker_cap", "pairs_per_epoch")  # null: no limit
+INT_KEYS = (
+    "batch_size",
+    "utts_per_speaker_cap",
+    "pairs_per_epoch",
+    "num_workers",
+    "sample_rate",
+    "shuffle_buffer",
+    "seed",
+)
+
+
+def checked_loader_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a loader config with its keys checked and its numbers converted.
+
+    An unknown key, a missing ``batch_size`` / ``crop_seconds`` or a value that is not a
+    number raises ``ValueError`` naming ``data.<key>``: a misspelt key read with
+    ``.get(key, default)`` would otherwise be ignored.
+    """
+    check_keys(set(config) - set(RUNNER_KEYS), LOADER_KEYS, "data")
+    missing = [key for key in REQUIRED_KEYS if config.get(key) is None]
+    if missing:
+        raise ValueError(f"data: missing key(s) {missing}")
+    checked = dict(config)
+    for key in INT_KEYS:
+        if key in checked and not (key in NULLABLE_KEYS and checked[key] is None):
+            checked[key] = as_int(checked[key], f"data.{key}")
+    checked["crop_seconds"] = as_float(checked["crop_seconds"], "data.crop_seconds")
+    return checked
 
 
 def build_augmenter(
@@ -84,6 +131,7 @@ def build_augmenter(
     options = {k: v for k, v in config.items() if k not in AUGMENTATION_SOURCES}
     aug_config = AugmentationConfig.from_dict({**options, "sample_rate": sample_rate})
     weights = aug_config.probabilities()
+    simulated = as_int(config.get("simulated_rirs", 50), "data.augmentation.simulated_rirs")
     bank: NoiseBank | None = None
     if config.get("musan_root"):
         bank = NoiseBank.from_musan(config["musan_root"])
@@ -98,12 +146,10 @@ def build_augmenter(
             rir_bank = RirBank.from_folder(rir_dirs[0], sample_rate)
         elif config.get("rir_cache"):
             rir_bank = RirBank.load_or_simulate(
-                config["rir_cache"], int(config.get("simulated_rirs", 50)), sample_rate, seed=seed
+                config["rir_cache"], simulated, sample_rate, seed=seed
             )
         else:
-            rir_bank = RirBank.simulated(
-                int(config.get("simulated_rirs", 50)), sample_rate, seed=seed
-            )
+            rir_bank = RirBank.simulated(simulated, sample_rate, seed=seed)
     babble = None
     if weights["babble"] > 0 and config.get("babble_from_manifest", True):
         shards = ShardAudioReader(shard_dir) if shard_dir else None
@@ -115,15 +161,15 @@ class SpeakerLoaderFactory:
     """Builds each epoch's DataLoader; picklable, so DDP workers can construct it."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.config = dict(config)
+        self.config = checked_loader_config(config)
         self.manifest = pd.read_parquet(self.config["manifest_path"])
         if "speaker_index" not in self.manifest.columns:
             raise ValueError(
                 f"{self.config['manifest_path']}: a training manifest needs a speaker_index column"
             )
-        rate = int(self.config.get("sample_rate", 16000))
-        seed = int(self.config.get("seed", 0))
-        crop = CropSpec(self.config.get("crop_mode", "random"), float(self.config["crop_seconds"]))
+        rate = self.config.get("sample_rate", 16000)
+        seed = self.config.get("seed", 0)
+        crop = CropSpec(self.config.get("crop_mode", "random"), self.config["crop_seconds"])
         self.shard_index: dict[str, Any] | None = None
         if self.config.get("shard_dir"):
             self.shard_index = self._checked_shards(rate)
@@ -184,7 +230,7 @@ class SpeakerLoaderFactory:
     def __call__(self, request: LoaderRequest) -> Any:
         if self.shard_index is not None:
             return self._shard_loader(request)
-        batch_size = int(self.config["batch_size"])
+        batch_size = self.config["batch_size"]
         speakers = self.dataset.speakers
         if self.pairs:
             sampler: Any = PairBatchSampler(
@@ -210,7 +256,7 @@ class SpeakerLoaderFactory:
             collate = collate_padded
         sampler.set_epoch(request.epoch)
         dataset.set_epoch(request.epoch)
-        workers = int(self.config.get("num_workers", 0))
+        workers = self.config.get("num_workers", 0)
         return DataLoader(
             dataset,
             batch_sampler=SkipBatches(sampler, request.start_batch),
@@ -232,13 +278,13 @@ class SpeakerLoaderFactory:
             seed=request.seed,
             num_replicas=request.world_size,
             rank=request.rank,
-            shuffle_buffer=int(self.config.get("shuffle_buffer", 1000)),
+            shuffle_buffer=self.config.get("shuffle_buffer", 1000),
             shard_counts=counts,
             utt_to_index=self.utt_to_index,
             utt_to_speaker=self.utt_to_speaker,
         )
         dataset.set_epoch(request.epoch)
-        batch_size, workers = int(self.config["batch_size"]), int(self.config.get("num_workers", 0))
+        batch_size, workers = self.config["batch_size"], self.config.get("num_workers", 0)
         return shard_epoch_loader(dataset, batch_size, workers, request.start_batch, collate_padded)
 
 

@@ -36,7 +36,14 @@ from sv_kedro.corpus.trials import (
     read_voxceleb_trial_lists,
     trial_counts,
 )
-from sv_kedro.pipelines.data_engineering.params import DataEngineeringError, section, source_of
+from sv_kedro.pipelines.data_engineering.params import (
+    ROOT,
+    DataEngineeringError,
+    float_param,
+    int_param,
+    section,
+    source_of,
+)
 from sv_kedro.utils.paths import resolve_path
 
 logger = logging.getLogger(__name__)
@@ -55,7 +62,7 @@ def hold_out_test_speakers(
     ``voxceleb.train_parts`` (VoxCeleb2 dev) are kept for training. Otherwise
     ``split.test_speakers`` (a count, a fraction or a list of names) with the seed.
     """
-    seed = int(params.get("seed", 0))
+    seed = int_param(params, "seed", 0)
     if source_of(params) != "voxceleb":
         return split_speakers(manifest, section(params, "split").get("test_speakers"), seed)
     vox = section(params, "voxceleb")
@@ -90,8 +97,8 @@ def split_train_and_validation(
     return split_train_validation(
         train_validation_manifest,
         mode=str(split.get("mode", "equal")),
-        validation_ratio=float(split.get("validation_ratio", 0.1)),
-        seed=int(params.get("seed", 0)),
+        validation_ratio=float_param(split, "validation_ratio", 0.1, f"{ROOT}.split"),
+        seed=int_param(params, "seed", 0),
     )
 
 
@@ -105,7 +112,9 @@ def make_validation_trials(
         )
     settings = section(params, "validation_pairs")
     return make_validation_pairs(
-        validation_manifest, int(settings.get("n_pairs", 1000)), int(params.get("seed", 0))
+        validation_manifest,
+        int_param(settings, "n_pairs", 1000, f"{ROOT}.validation_pairs"),
+        int_param(params, "seed", 0),
     )
 
 
@@ -138,11 +147,12 @@ def build_trial_lists(
             main = f"{source}_generated"
     if main not in lists:
         trials = section(params, "trials")
+        where = f"{ROOT}.trials"
         lists[main] = generate_trials(
             test_manifest,
-            targets_per_utt=int(trials.get("targets_per_utt", 5)),
-            nontargets_per_utt=int(trials.get("nontargets_per_utt", 10)),
-            seed=int(params.get("seed", 0)),
+            targets_per_utt=int_param(trials, "targets_per_utt", 5, where),
+            nontargets_per_utt=int_param(trials, "nontargets_per_utt", 10, where),
+            seed=int_param(params, "seed", 0),
             gender_matched=bool(trials.get("gender_matched", False)),
             allow_singletons=bool(trials.get("allow_singletons", False)),
         )
@@ -171,9 +181,9 @@ def write_training_shards(train_manifest: pd.DataFrame, params: dict[str, Any]) 
     index = write_webdataset_shards(
         train_manifest,
         out_dir,
-        utterances_per_shard=int(settings.get("utterances_per_shard", 1000)),
-        seed=int(params.get("seed", 0)),
-        sample_rate=int(settings.get("sample_rate", 16000)),
+        utterances_per_shard=int_param(settings, "utterances_per_shard", 1000, f"{ROOT}.shards"),
+        seed=int_param(params, "seed", 0),
+        sample_rate=int_param(settings, "sample_rate", 16000, f"{ROOT}.shards"),
     )
     return {"enabled": True, "out_dir": str(out_dir), **index}
 

@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 
 from sv_kedro.corpus.manifest import check_manifest, scan_files
-from sv_kedro.pipelines.data_engineering.params import DataEngineeringError, section, source_of
+from sv_kedro.pipelines.data_engineering.params import (
+    ROOT,
+    DataEngineeringError,
+    int_param,
+    section,
+    source_of,
+)
 from sv_kedro.utils.paths import resolve_path, split_roots
 
 logger = logging.getLogger(__name__)
@@ -50,10 +56,10 @@ def generate_synthetic_corpus(
         return {}, pd.DataFrame(columns=DEFINITION_COLUMNS)
     from sv_kedro.audio.synthetic import SyntheticCorpus, SyntheticCorpusConfig
 
-    settings = section(section(params, "synthetic"), "corpus")
+    settings = section(section(params, "synthetic"), "corpus", f"{ROOT}.synthetic")
     try:
-        config = SyntheticCorpusConfig(**settings)
-    except TypeError as exc:
+        config = SyntheticCorpusConfig.from_dict(settings)
+    except (TypeError, ValueError) as exc:
         raise DataEngineeringError(f"parameter data_engineering.synthetic.corpus: {exc}") from exc
     corpus = SyntheticCorpus(config)
     utterances = corpus.utterances()
@@ -97,7 +103,7 @@ def _synthetic_manifest(definition: pd.DataFrame, params: dict[str, Any]) -> pd.
         list(definition["utt_id"]),
         list(definition["speaker"]),
         source="synthetic",
-        workers=int(params.get("workers", 0)),
+        workers=int_param(params, "workers", 0),
         progress=False,
     )
     manifest["gender"] = list(definition["gender"])
@@ -128,10 +134,11 @@ def build_raw_manifest(
     the other sources.
     """
     source = source_of(params)
-    workers = int(params.get("workers", 0))
+    workers = int_param(params, "workers", 0)
     failures = pd.DataFrame(columns=FAILURE_COLUMNS)
     if source == "synthetic":
         manifest = _synthetic_manifest(synthetic_corpus_definition, params)
+        scanned = "from the corpus definition"
     elif source == "folder":
         from sv_kedro.corpus.folder_source import scan_folder_roots
 
@@ -140,21 +147,24 @@ def build_raw_manifest(
         suffixes = tuple(folder.get("suffixes", (".wav", ".flac", ".m4a")))
         logger.info("Scanning folder corpora: %s", [str(root) for root in roots])
         manifest = scan_folder_roots(roots, suffixes=suffixes, workers=workers)
+        scanned = f"({list(suffixes)}) under {[str(root) for root in roots]}"
     else:
         from sv_kedro.corpus.voxceleb import prepare_voxceleb
 
         vox = section(params, "voxceleb")
+        parts = tuple(vox.get("parts", ("vox1_dev", "vox1_test", "vox2_dev")))
         manifest, failures = prepare_voxceleb(
             resolve_path(vox["root"]),
             resolve_path(vox["extract_dir"]),
             resolve_path(vox["converted_dir"]),
-            parts=tuple(vox.get("parts", ("vox1_dev", "vox1_test", "vox2_dev"))),
+            parts=parts,
             workers=workers,
             audio_format=str(vox.get("audio_format", "flac")),
         )
         failures = failures.reindex(columns=FAILURE_COLUMNS)
+        scanned = f"(parts {list(parts)}) under {resolve_path(vox['root'])}"
     if manifest.empty:
-        raise DataEngineeringError(f"source {source!r} gave no audio files")
+        raise DataEngineeringError(f"source {source!r} gave no audio files {scanned}")
     logger.info(
         "Raw manifest: %d files of %d speakers from %s",
         len(manifest),
@@ -176,7 +186,7 @@ def validate_audio(
 
     settings = section(params, "validation")
     fixed_dir = resolve_path(settings.pop("fixed_dir", "data/02_intermediate/fixed_audio"))
-    settings.setdefault("workers", int(params.get("workers", 0)))
+    settings.setdefault("workers", int_param(params, "workers", 0))
     try:
         policy = ValidationPolicy(**settings)
     except TypeError as exc:

@@ -1,0 +1,56 @@
+"""Checked reading of parameter mappings: a typo or a bad value raises naming its key path.
+
+``kedro run --params key=abc`` hands the string ``'abc'`` to a node; a bare ``int(...)``
+then fails with ``invalid literal for int()`` and no key named, and a misspelt key read
+with ``.get(key, default)`` is silently ignored. These helpers give the message instead.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+
+def check_keys(
+    given: Iterable[str],
+    allowed: Iterable[str],
+    where: str,
+    error: type[Exception] = ValueError,
+) -> None:
+    """Raise ``error`` naming ``where`` and the keys of ``given`` that are not ``allowed``."""
+    allowed = list(allowed)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise error(f"{where}: unknown key(s) {unknown}; allowed {allowed}")
+
+
+def as_int(value: Any, key: str, error: type[Exception] = ValueError) -> int:
+    """``value`` as an int: integers, integral floats and integer strings; else ``error``.
+
+    ``key`` is the full key path for the message, e.g. ``data_engineering.trials.seed``.
+    """
+    # bool is an Integral, but ``batch_size: true`` is a mistake rather than 1.
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    # int(2.5) would truncate silently.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise error(f"{key} must be an integer, got {value!r}")
+
+
+def as_float(value: Any, key: str, error: type[Exception] = ValueError) -> float:
+    """``value`` as a float: numbers and numeric strings; anything else raises ``error``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise error(f"{key} must be a number, got {value!r}")

@@ -1,0 +1,25 @@
+"""Checked parameter reading: the key path is named for an unknown key or a bad number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sv_kedro.utils.params import as_float, as_int, check_keys
+
+
+def test_unknown_keys_are_named_with_the_allowed_ones():
+    check_keys({"a": 1}, ("a", "b"), "section")
+    with pytest.raises(KeyError, match=r"section: unknown key\(s\) \['c'\]; allowed \['a', 'b'\]"):
+        check_keys({"a": 1, "c": 2}, ("a", "b"), "section", KeyError)
+
+
+def test_integers_and_numbers_are_converted_or_named():
+    assert [as_int(v, "k") for v in (3, np.int64(3), 3.0, " 3 ")] == [3, 3, 3, 3]
+    for bad in ("abc", 2.5, True, None, "2.5"):
+        with pytest.raises(ValueError, match=rf"^a\.b must be an integer, got {bad!r}$"):
+            as_int(bad, "a.b")
+    assert [as_float(v, "k") for v in (1, 0.5, np.float32(0.5), "1e-3")] == [1.0, 0.5, 0.5, 1e-3]
+    for bad in ("abc", False, None, [1]):
+        with pytest.raises(ValueError, match=r"^a\.b must be a number, got "):
+            as_float(bad, "a.b")
