@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,61 @@ def test_shared_corpora_counts(shared_data: Path, tmp_path: Path) -> None:
     digits = clean[clean["source"] == "folder:free_spoken_digits"]
     assert digits["path"].map(lambda path: path.startswith(str(fixed_dir))).all()
     assert sum(1 for _ in fixed_dir.rglob("*.flac")) == 1117
+
+
+def test_nan_and_inf_samples_are_excluded_as_non_finite(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    wave = _noise(1.0, 16000, seed=10).astype(np.float32)
+    nan, inf = wave.copy(), wave.copy()
+    nan[100:103] = np.nan
+    nan[200] = np.inf
+    inf[1000:1100] = np.inf
+    for name, samples, rate in (("nan.wav", nan, 16000), ("inf.wav", inf, 16000)):
+        (root / "spk").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "spk" / name, samples, rate, subtype="FLOAT")
+    # A file that needs a fix is read whole for its copy: checked on that read.
+    sf.write(root / "spk" / "nan_8k.wav", nan[:8000], 8000, subtype="FLOAT")
+    _write(root / "spk" / "ok.wav", wave, 16000)
+    manifest = scan_folder_roots([root], progress=False)
+    clean, report = validate_manifest(
+        manifest, ValidationPolicy(), tmp_path / "fixed", progress=False
+    )
+    by_utt = report.set_index("utt_id")
+    assert by_utt.loc["spk/nan.wav", ["reason", "action", "detail"]].tolist() == [
+        "non_finite",
+        "excluded",
+        "3 NaN / 1 inf sample(s)",
+    ]
+    assert by_utt.loc["spk/inf.wav", "detail"] == "0 NaN / 100 inf sample(s)"
+    assert by_utt.loc["spk/nan_8k.wav", "reason"] == "non_finite"
+    assert clean["utt_id"].tolist() == ["spk/ok.wav"]
+    assert not (tmp_path / "fixed").exists()
+
+
+@pytest.mark.parametrize("inside", ["", "fixed"])
+def test_fixed_dir_in_a_corpus_root_is_refused_before_writing(
+    defect_corpus: Path, tmp_path: Path, inside: str
+) -> None:
+    other = tmp_path / "other"
+    _write(other / "spk9" / "a.wav", _noise(1.0, 16000, seed=11), 16000)
+    before = _sha256_tree(defect_corpus)
+    manifest = scan_folder_roots([other, defect_corpus], progress=False)
+    fixed_dir = defect_corpus / inside
+    root = defect_corpus.resolve()
+    message = f"fixed_dir {fixed_dir.resolve()} is inside the corpus root {root}:"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_manifest(manifest, ValidationPolicy(), fixed_dir, progress=False)
+    assert _sha256_tree(defect_corpus) == before
+
+
+def test_fixed_dir_check_finds_the_roots_of_root_prefixed_ids(tmp_path: Path) -> None:
+    # Both roots hold speaker "spk", so ids get the root's name as a prefix; the root is
+    # still the folder scanned, not its parent (where a fixed_dir is fine).
+    for name in ("a", "b"):
+        _write(tmp_path / name / "spk" / "x.wav", _noise(1.0, 16000, seed=12), 16000)
+    manifest = scan_folder_roots([tmp_path / "a", tmp_path / "b"], progress=False)
+    assert manifest["utt_id"].tolist() == ["a/spk/x.wav", "b/spk/x.wav"]
+    clean, _ = validate_manifest(manifest, ValidationPolicy(), tmp_path / "fixed", progress=False)
+    assert len(clean) == 2
+    with pytest.raises(ValueError, match=r"inside the corpus root .*/b: "):
+        validate_manifest(manifest, ValidationPolicy(), tmp_path / "b" / "fx", progress=False)

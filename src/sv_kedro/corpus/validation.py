@@ -7,14 +7,18 @@ Checks, in this order (the first that applies decides a file's fate):
 2. ``empty`` - zero frames;
 3. ``too_short`` / ``too_long`` - duration outside ``[min_duration, max_duration]``;
 4. ``multichannel`` / ``sample_rate`` - excluded here when the policy says ``"exclude"``;
-5. ``silent`` - RMS level below ``silence_rms_db`` dBFS, measured on a bounded number of
+5. ``non_finite`` - NaN or infinite samples (only float-PCM files can hold them, so only
+   those are read whole for this check);
+6. ``silent`` - RMS level below ``silence_rms_db`` dBFS, measured on a bounded number of
    evenly spaced blocks so a one-hour file costs as much as a ten-second one;
-6. fixes - a multi-channel file is downmixed and/or a file at another rate is resampled
+7. fixes - a multi-channel file is downmixed and/or a file at another rate is resampled
    into a 16-bit mono FLAC copy under ``fixed_dir`` (mirroring the utt_id), and its
    manifest row then points at the copy.
 
-Raw files are only ever read. Copies are written atomically and reused when they are
-newer than their source, so an interrupted validation resumes where it stopped.
+Raw files are only ever read: ``fixed_dir`` must lie outside every corpus root, or the
+copies would be scanned as new utterances next time. Copies are written atomically and
+reused when they are newer than their source, so an interrupted validation resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 
 from sv_kedro.audio.io import (
+    PYAV_SUFFIXES,
     AudioDecodeError,
     audio_info,
     read_audio,
@@ -41,7 +47,19 @@ from sv_kedro.corpus.manifest import MANIFEST_COLUMNS, parallel_map
 logger = logging.getLogger(__name__)
 
 REPORT_COLUMNS = ("utt_id", "path", "reason", "action", "detail")
-REASONS = ("unreadable", "empty", "too_short", "too_long", "silent", "multichannel", "sample_rate")
+REASONS = (
+    "unreadable",
+    "empty",
+    "too_short",
+    "too_long",
+    "non_finite",
+    "silent",
+    "multichannel",
+    "sample_rate",
+)
+# Integer PCM, FLAC and compressed audio cannot encode NaN or inf; float PCM can.
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+_SCAN_BLOCK_FRAMES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,7 @@ class _Task:
 
 @dataclass(frozen=True)
 class _Outcome:
-    status: Literal["ok", "silent", "unreadable"]
+    status: Literal["ok", "non_finite", "silent", "unreadable"]
     detail: str
     frames: int = 0
     reused: bool = False
@@ -120,7 +138,40 @@ def _level_db(pieces: list[np.ndarray], path: str) -> float:
     if count == 0:
         raise AudioDecodeError(f"{path}: decoded no samples")
     mean_square = total / count
-    return float(10.0 * np.log10(mean_square)) if mean_square > 0 else float("-inf")
+    if mean_square == 0:
+        return float("-inf")
+    # NaN samples give NaN (never -inf, which would read as digital silence).
+    return float(10.0 * np.log10(mean_square))
+
+
+def _count_non_finite(pieces: list[np.ndarray]) -> tuple[int, int]:
+    """``(NaN samples, infinite samples)`` in ``pieces``."""
+    return (
+        sum(int(np.isnan(piece).sum()) for piece in pieces),
+        sum(int(np.isinf(piece).sum()) for piece in pieces),
+    )
+
+
+def non_finite_samples(path: str) -> tuple[int, int]:
+    """``(NaN samples, infinite samples)`` of a float-PCM file, read block by block;
+    ``(0, 0)`` without reading the samples for formats that cannot hold either.
+
+    Samples are read as float32, as the pipelines read them, so a float64 value beyond
+    float32's range counts as infinite.
+    """
+    if Path(path).suffix.lower() in PYAV_SUFFIXES:
+        return 0, 0
+    try:
+        with sf.SoundFile(path) as handle:
+            if handle.subtype not in _FLOAT_SUBTYPES:
+                return 0, 0
+            nan = inf = 0
+            for block in handle.blocks(blocksize=_SCAN_BLOCK_FRAMES, dtype="float32"):
+                block_nan, block_inf = _count_non_finite([block])
+                nan, inf = nan + block_nan, inf + block_inf
+    except sf.LibsndfileError as exc:
+        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
+    return nan, inf
 
 
 def rms_dbfs(
@@ -128,7 +179,8 @@ def rms_dbfs(
 ) -> float:
     """RMS level in dBFS over all channels, from at most ``blocks`` evenly spaced blocks.
 
-    Returns ``-inf`` for digital silence. Files shorter than the blocks together are
+    Returns ``-inf`` for digital silence, NaN or ``inf`` when the blocks hold NaN or
+    infinite samples. Files shorter than the blocks together are
     read whole.
     """
     block = max(1, round(block_seconds * sample_rate))
@@ -162,8 +214,10 @@ def _inspect(task: _Task) -> _Outcome:
         if needs_copy:
             # The whole file is needed for the copy anyway: measure the level on it.
             wave, rate = read_audio(task.path)
+            nan, inf = _count_non_finite([wave])
             level = _level_db([wave], task.path)
         else:
+            nan, inf = non_finite_samples(task.path)
             level = rms_dbfs(
                 task.path,
                 task.num_frames,
@@ -173,6 +227,8 @@ def _inspect(task: _Task) -> _Outcome:
             )
     except (AudioDecodeError, OSError) as exc:
         return _Outcome("unreadable", f"cannot decode samples: {exc}")
+    if nan or inf or np.isnan(level) or level == float("inf"):
+        return _Outcome("non_finite", f"{nan} NaN / {inf} inf sample(s)")
     if level < task.silence_rms_db:
         return _Outcome("silent", f"RMS {level:.1f} dBFS < {task.silence_rms_db:g} dBFS")
     if task.target is None:
@@ -193,6 +249,40 @@ def _fixed_target(fixed_dir: Path, utt_id: str) -> Path:
             f"utt_id {utt_id!r} is not a relative path; cannot mirror it under {fixed_dir}"
         )
     return fixed_dir.joinpath(*relative.parts).with_suffix(".flac")
+
+
+def corpus_roots(manifest: pd.DataFrame) -> list[Path]:
+    """The folders ``manifest``'s files were scanned from, resolved and sorted.
+
+    A row's root is its path less the utt_id's parts below the speaker's folder (a
+    root-prefixed ``<rootname>/<speaker>/...`` id keeps its root, not the root's parent);
+    rows whose path does not end in those parts name no root.
+    """
+    roots = set()
+    for utt_id, speaker, path in zip(
+        manifest["utt_id"].astype(str),
+        manifest["speaker"].astype(str),
+        manifest["path"].astype(str),
+        strict=True,
+    ):
+        if not utt_id.startswith(speaker + "/"):
+            continue
+        # From the speaker's own folder down: "spk/utt.wav" also for "root/spk/utt.wav".
+        tail = utt_id[len(speaker) - len(speaker.rpartition("/")[2]) :]
+        posix = path.replace(os.sep, "/")
+        if posix.endswith("/" + tail):
+            roots.add(posix[: -len(tail) - 1] or "/")
+    return sorted({Path(root).expanduser().resolve() for root in roots})
+
+
+def _check_fixed_dir_outside(fixed_root: Path, roots: list[Path]) -> None:
+    for root in roots:
+        if fixed_root == root or root in fixed_root.parents:
+            raise ValueError(
+                f"fixed_dir {fixed_root} is inside the corpus root {root}: the fixed copies "
+                "would be written into the corpus and scanned as new utterances next time; "
+                "choose a fixed_dir outside the corpus"
+            )
 
 
 def _header_reason(  # noqa: PLR0911 - one return per check, in the documented order
@@ -228,11 +318,15 @@ def validate_manifest(
     ``sample_rate``, ``channels = 1``, ``num_frames`` and ``duration``. The report has
     one row per excluded or fixed file: ``utt_id, path, reason, action, detail``, with
     ``action`` one of ``excluded``, ``downmixed``, ``resampled``, ``downmixed+resampled``.
+
+    Raises ``ValueError`` before reading any samples when ``fixed_dir`` is a corpus root
+    or lies inside one (see :func:`corpus_roots`).
     """
     missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
     if missing:
         raise ValueError(f"validate_manifest: manifest lacks column(s) {missing}")
     fixed_root = Path(fixed_dir).expanduser().resolve()
+    _check_fixed_dir_outside(fixed_root, corpus_roots(manifest))
     frame = manifest.reset_index(drop=True)
     report: list[dict[str, str]] = []
     keep = np.ones(len(frame), dtype=bool)
