@@ -45,3 +45,30 @@ def test_round_trip_with_and_without_labels(tmp_path: Path):
 def test_malformed_lines_are_named_with_their_number(lines, message):
     with pytest.raises(TrialListError, match=message):
         parse_trial_lines(lines)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            ["1 a b", "0 a c", "0 a b"],
+            r"^<trials>:3: pair \(a, b\) labelled 0 here and 1 at <trials>:1$",
+        ),
+        (["1 a b", "0 b a"], r"^<trials>:2: pair \(b, a\) labelled 0 here and 1 at <trials>:1$"),
+        (["1 a b", "1 c c"], r"^<trials>:2: enrolment and test are the same utterance"),
+    ],
+)
+def test_contradictory_and_self_trials_name_their_lines(lines, message):
+    with pytest.raises(TrialListError, match=message):
+        parse_trial_lines(lines)
+
+
+def test_a_pair_listed_again_with_its_label_is_kept_with_a_warning(caplog):
+    trials = parse_trial_lines(["1 a b", "0 a c", "1 b a"])
+    assert trials["enrol"].astype(str).tolist() == ["a", "a", "b"]  # as in VoxCeleb1-O
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    with caplog.at_level("WARNING"):
+        trials = parse_trial_lines(["1 a b", "", "0 a c", "1 a b"], source="list.txt")
+    assert len(trials) == 3
+    assert "list.txt: 1 trial(s) listed again in the same order" in caplog.text
+    assert "line 4 repeats line 1" in caplog.text

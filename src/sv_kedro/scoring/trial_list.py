@@ -3,10 +3,16 @@
 ``label`` is 1 (same speaker) or 0; utterances are ids relative to the corpus root, e.g.
 ``id10270/x6uYqmx31kE/00001.wav``. As a DataFrame: columns ``label`` (nullable Int8),
 ``enrol`` and ``test``.
+
+A list must not pair an utterance with itself nor give one pair two labels. A pair given
+again with the same label (in either order) is kept and scored as often as it is listed,
+with a warning naming the lines: protocol lists are scored as published, and the official
+VoxCeleb1-O list holds 337 pairs a second time, swapped.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -15,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from sv_kedro.utils.atomic import atomic_write_path
+
+log = logging.getLogger(__name__)
 
 TRIAL_COLUMNS = ["label", "enrol", "test"]
 
@@ -28,6 +36,7 @@ def parse_trial_lines(lines: Iterable[str], source: str = "<trials>") -> pd.Data
     labels: list[int] = []
     enrol: list[str] = []
     test: list[str] = []
+    numbers: list[int] = []
     has_label: bool | None = None
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -53,13 +62,62 @@ def parse_trial_lines(lines: Iterable[str], source: str = "<trials>") -> pd.Data
             raise TrialListError(
                 f"{source}:{number}: mixes labelled and unlabelled trials ({line!r})"
             )
+        if fields[-2] == fields[-1]:
+            raise TrialListError(
+                f"{source}:{number}: enrolment and test are the same utterance in {line!r}"
+            )
         if line_has_label:
             labels.append(int(fields[0]))
         enrol.append(fields[-2])
         test.append(fields[-1])
+        numbers.append(number)
     if not enrol:
         raise TrialListError(f"{source}: no trials")
+    _check_repeated_pairs(labels if has_label else None, enrol, test, numbers, source)
     return trials_frame(labels if has_label else None, enrol, test)
+
+
+def _check_repeated_pairs(
+    labels: list[int] | None,
+    enrol: list[str],
+    test: list[str],
+    numbers: list[int],
+    source: str,
+) -> None:
+    """Raise on a pair labelled both ways, naming both lines; warn about pairs listed
+    again with the same label, which count more than once in the metrics."""
+    first: dict[tuple[str, str], int] = {}
+    repeats: list[str] = []
+    swapped = 0
+    for row, (a, b) in enumerate(zip(enrol, test, strict=True)):
+        earlier = first.setdefault((a, b) if a <= b else (b, a), row)
+        if earlier == row:
+            continue
+        here, there = f"{source}:{numbers[row]}", f"{source}:{numbers[earlier]}"
+        if labels is not None and labels[row] != labels[earlier]:
+            raise TrialListError(
+                f"{here}: pair ({a}, {b}) labelled {labels[row]} here and "
+                f"{labels[earlier]} at {there}"
+            )
+        if (enrol[earlier], test[earlier]) == (a, b):
+            repeats.append(f"line {numbers[row]} repeats line {numbers[earlier]}")
+        else:
+            swapped += 1
+    if repeats:
+        log.warning(
+            "%s: %d trial(s) listed again in the same order, each scored every time it "
+            "is listed, e.g. %s",
+            source,
+            len(repeats),
+            repeats[:5],
+        )
+    if swapped:
+        log.info(
+            "%s: %d pair(s) appear a second time with enrolment and test swapped; "
+            "each is scored both ways",
+            source,
+            swapped,
+        )
 
 
 def trials_frame(
