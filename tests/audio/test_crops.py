@@ -129,3 +129,15 @@ def test_evaluation_inputs_cap_and_short_utterance():
         np.testing.assert_array_equal(row, tiled)
     single = evaluation_inputs(wave[: 6 * RATE], n_crops=1, crop_seconds=4.0)
     assert single.offsets.tolist() == [RATE]
+
+
+@pytest.mark.parametrize("crop_seconds", [0, -2.0, 1e-6, float("nan"), float("inf"), "4"])
+def test_evaluation_inputs_refuse_a_crop_length_that_is_no_crop(crop_seconds):
+    wave = np.ones(RATE, dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"crop_seconds must be > 0 .*got {crop_seconds!r}"):
+        evaluation_inputs(wave, n_crops=2, crop_seconds=crop_seconds)
+
+
+def test_evaluation_inputs_refuse_a_crop_count_that_is_not_an_integer():
+    with pytest.raises(ValueError, match=r"n_crops must be an integer >= 0, got '3'"):
+        evaluation_inputs(np.ones(RATE, dtype=np.float32), n_crops="3", crop_seconds=1.0)

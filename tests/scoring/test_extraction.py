@@ -259,3 +259,43 @@ def test_extraction_reads_shards_by_utt_id_with_the_files_gone(manifest, model, 
     other = manifest.assign(path=[p + ".other" for p in manifest.path])
     with pytest.raises(ShardError, match="holds other utterances than the training manifest"):
         extract_embeddings(model, other, elsewhere)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_batch_size": 0}, r"max_batch_size must be an integer >= 1, got 0"),
+        ({"max_batch_size": -4}, r"max_batch_size must be an integer >= 1, got -4"),
+        ({"max_batch_size": "8"}, r"max_batch_size must be an integer >= 1, got '8'"),
+        ({"n_crops": "abc"}, r"n_crops must be an integer >= 0, got 'abc'"),
+        ({"n_crops": -1}, r"n_crops must be an integer >= 0, got -1"),
+        ({"n_crops": True}, r"n_crops must be an integer >= 0, got True"),
+        ({"num_workers": -1}, r"num_workers must be an integer >= 0, got -1"),
+        ({"sample_rate": 0}, r"sample_rate must be an integer >= 1, got 0"),
+        ({"sample_rate": 16000.0}, r"sample_rate must be an integer >= 1, got 16000\.0"),
+        ({"crop_seconds": 0}, r"crop_seconds must be a number of seconds > 0, got 0"),
+        ({"crop_seconds": -2}, r"crop_seconds must be a number of seconds > 0, got -2"),
+        ({"max_seconds": 0}, r"max_seconds must be a number of seconds > 0 or null, got 0"),
+        ({"max_seconds": 0.01}, r"max_seconds \(0\.01\) is shorter than crop_seconds \(4\.0\)"),
+        ({"max_batch_seconds": 0}, r"max_batch_seconds must be .* > 0 or null, got 0"),
+        ({"device": "gpu"}, r"extraction\.device 'gpu' is not a torch device"),
+        ({"device": 0}, r"device must be a string .*got 0"),
+    ],
+)
+def test_config_refuses_bad_values_naming_the_field(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ExtractionConfig(**settings)
+
+
+def test_a_short_cap_is_fine_without_crops():
+    assert ExtractionConfig(n_crops=0, max_seconds=0.5).max_seconds == 0.5
+
+
+def test_a_device_that_is_not_here_is_refused_when_used(manifest, model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # Naming it is fine (a launcher need not have its workers' GPUs)...
+    config = ExtractionConfig(n_crops=0, device="cuda")
+    assert config.resolved().max_batch_seconds == GPU_BATCH_SECONDS
+    # ...embedding on it here is not.
+    with pytest.raises(ValueError, match=r"extraction\.device 'cuda' but CUDA is not available"):
+        extract_embeddings(model, manifest, config, progress=False)

@@ -74,3 +74,30 @@ def test_several_workers_need_a_cache_and_known_keys(manifest, checkpoint):
         split_extraction_options({**OPTIONS, "distributed": {"gpus": 2}})
     config, cache_dir, distributed = split_extraction_options({**OPTIONS, "distributed": None})
     assert (config.n_crops, cache_dir, distributed) == (2, None, None)
+
+
+def test_options_errors_name_the_parameter_path_and_the_allowed_keys():
+    with pytest.raises(
+        ValueError,
+        match=r"parameter judge\.extraction: unknown key\(s\) \['n_crop'\]; allowed: \[.*'n_crops'",
+    ):
+        split_extraction_options({"n_crop": 1}, "judge.extraction")
+    with pytest.raises(
+        ValueError,
+        match=r"parameter judge\.extraction: ExtractionConfig\.n_crops must be an integer >= 0, "
+        r"got 'abc'",
+    ):
+        split_extraction_options({"n_crops": "abc"}, "judge.extraction")
+    with pytest.raises(ValueError, match=r"parameter judge\.extraction must be a mapping"):
+        split_extraction_options("n_crops=2", "judge.extraction")  # type: ignore[arg-type]
+
+
+def test_a_sample_rate_other_than_the_models_is_refused(manifest, checkpoint):
+    with pytest.raises(
+        ValueError,
+        match=r"judge\.extraction\.sample_rate is 8000 Hz, but the checkpoint's model takes "
+        r"16000 Hz",
+    ):
+        extract_from_checkpoint(
+            checkpoint, manifest, {**OPTIONS, "sample_rate": 8000}, "judge.extraction"
+        )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from numbers import Real
 from typing import Literal, get_args
 
 import numpy as np
@@ -165,8 +166,8 @@ class EvaluationInputs:
 
 def evaluation_offsets(num_frames: int, crop_frames: int, n_crops: int) -> np.ndarray:
     """Offsets of ``n_crops`` evenly spaced crops: see :func:`evaluation_inputs`."""
-    if n_crops < 0:
-        raise ValueError(f"n_crops must be >= 0, got {n_crops}")
+    if isinstance(n_crops, bool) or not isinstance(n_crops, (int, np.integer)) or n_crops < 0:
+        raise ValueError(f"n_crops must be an integer >= 0, got {n_crops!r}")
     span = num_frames - crop_frames
     if span <= 0:
         return np.zeros(n_crops, dtype=np.int64)
@@ -196,7 +197,16 @@ def evaluation_inputs(
        the last ends at frame ``T``; with ``N == 1`` the single crop is centred,
        ``o_0 = round((T - L) / 2)``.
     3. If ``T <= L`` every crop is the whole utterance wrap-padded (tiled) to ``L``, offset 0.
+
+    Raises ``ValueError`` when ``crop_seconds`` is not positive or shorter than one sample.
     """
+    valid = isinstance(crop_seconds, Real) and not isinstance(crop_seconds, bool)
+    crop_frames = round(crop_seconds * sample_rate) if valid and math.isfinite(crop_seconds) else 0
+    if crop_frames < 1:
+        raise ValueError(
+            f"crop_seconds must be > 0 and at least one sample at {sample_rate} Hz, "
+            f"got {crop_seconds!r}"
+        )
     if isinstance(path_or_wave, np.ndarray):
         wave = to_mono(np.asarray(path_or_wave, dtype=np.float32))
     else:
@@ -211,7 +221,6 @@ def evaluation_inputs(
     if wave.shape[0] == 0:
         where = "waveform" if isinstance(path_or_wave, np.ndarray) else os.fspath(path_or_wave)
         raise AudioDecodeError(f"{where}: empty utterance, nothing to evaluate")
-    crop_frames = max(1, round(crop_seconds * sample_rate))
     offsets = evaluation_offsets(wave.shape[0], crop_frames, n_crops)
     source = wrap_pad(wave, crop_frames) if wave.shape[0] <= crop_frames else wave
     crops = np.zeros((n_crops, crop_frames), dtype=np.float32)

@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from sv_kedro.corpus.shards import check_shards_hold, read_shard_index
 from sv_kedro.scoring.embedding_table import EmbeddingTable
 from sv_kedro.systems.fingerprint import state_digest
 from sv_kedro.training.data import EvaluationDataset, bucket_by_length, collate_evaluation
+from sv_kedro.training.distributed import resolve_device
 from sv_kedro.utils.atomic import atomic_write_path
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ class ExtractionConfig:
     the shards is checked against their fingerprints; a part of the shards' manifest (an
     AS-norm cohort) only by ``utt_id``, so check the whole with
     :func:`~sv_kedro.corpus.shards.check_shards_hold` first, as the evaluation's cohort does.
+
+    ``max_seconds`` caps the full utterance and the crops are cut from what is left, so
+    with crops it must be at least ``crop_seconds`` (None: no cap).
     """
 
     n_crops: int = 5
@@ -75,12 +80,38 @@ class ExtractionConfig:
     device: str = "auto"
     shard_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_integer("n_crops", self.n_crops, 0)
+        _check_integer("max_batch_size", self.max_batch_size, 1)
+        _check_integer("num_workers", self.num_workers, 0)
+        _check_integer("sample_rate", self.sample_rate, 1)
+        _check_seconds("crop_seconds", self.crop_seconds, allow_none=False)
+        _check_seconds("max_seconds", self.max_seconds, allow_none=True)
+        _check_seconds("max_batch_seconds", self.max_batch_seconds, allow_none=True)
+        if self.n_crops and self.max_seconds is not None and self.max_seconds < self.crop_seconds:
+            raise ValueError(
+                f"ExtractionConfig.max_seconds ({self.max_seconds}) is shorter than "
+                f"crop_seconds ({self.crop_seconds}): every crop would be the capped "
+                "utterance repeated; raise max_seconds or shorten the crops"
+            )
+        if not isinstance(self.device, str):
+            raise ValueError(
+                f"ExtractionConfig.device must be a string (auto, cpu, cuda, cuda:N), "
+                f"got {self.device!r}"
+            )
+        # Where it runs is checked when it runs (a launcher need not have the workers' GPUs).
+        _device(self.device, check_available=False)
+        if self.shard_dir is not None and not isinstance(self.shard_dir, (str, os.PathLike)):
+            raise ValueError(
+                f"ExtractionConfig.shard_dir must be a folder path or None, got {self.shard_dir!r}"
+            )
+
     def resolved(self) -> ExtractionConfig:
         """This config with ``max_batch_seconds`` fixed for ``device``, so that a cache
         fingerprint (and the batches it names) never depends on where it is computed."""
         if self.max_batch_seconds is not None:
             return self
-        on_gpu = _device(self.device).type != "cpu"
+        on_gpu = _device(self.device, check_available=False).type != "cpu"
         return replace(self, max_batch_seconds=GPU_BATCH_SECONDS if on_gpu else CPU_BATCH_SECONDS)
 
 
@@ -92,10 +123,22 @@ class ExtractedEmbeddings:
     crops: EmbeddingTable | None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def _check_integer(field: str, value: object, minimum: int) -> None:
+    # bool is an int to Python, but "n_crops: true" is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"ExtractionConfig.{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_seconds(field: str, value: object, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
+        what = "a number of seconds > 0" + (" or null" if allow_none else "")
+        raise ValueError(f"ExtractionConfig.{field} must be {what}, got {value!r}")
+
+
+def _device(name: str, check_available: bool = True) -> torch.device:
+    return resolve_device(name, "extraction.device", check_available)
 
 
 # Where and with how many loader processes a batch is embedded does not change what is

@@ -49,6 +49,25 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
 
 
+def resolve_device(name: str, key: str = "device", check_available: bool = True) -> torch.device:
+    """The torch device ``name`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) names; errors name
+    ``key``. With ``check_available``, a CUDA device must exist on this machine (a launcher
+    checks without: its workers may hold GPUs it has not)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{key} {name!r} is not a torch device (auto, cpu, cuda, cuda:N)") from exc
+    if check_available and device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key} {name!r} but CUDA is not available here")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{key} {name!r} but this machine has {count} CUDA device(s)")
+    return device
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:
     """Join the process group described by torchrun/elastic env vars, or run alone.
 

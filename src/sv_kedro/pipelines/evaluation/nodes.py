@@ -33,9 +33,10 @@ def embed_test_utterances(
     checkpoint: dict[str, Any], test_manifest: pd.DataFrame, extraction: dict[str, Any]
 ) -> tuple[EmbeddingTable, EmbeddingTable]:
     """Full-utterance and mean-crop embeddings of every test utterance."""
-    result = extract_from_checkpoint(checkpoint, test_manifest, extraction)
-    if result.crops is None:
+    if extraction.get("n_crops", 1) == 0:  # checked before hours of extraction, not after
         raise ValueError("evaluation.extraction.n_crops must be >= 1 (crop and fused scores)")
+    result = extract_from_checkpoint(checkpoint, test_manifest, extraction, "evaluation.extraction")
+    assert result.crops is not None
     return result.full, result.crops
 
 
@@ -64,7 +65,7 @@ def embed_cohort_utterances(
     if shard_dir:
         check_shards_hold(train_manifest, shard_dir)
         options["shard_dir"] = str(shard_dir)
-    return extract_from_checkpoint(checkpoint, subset, options).full
+    return extract_from_checkpoint(checkpoint, subset, options, "evaluation.extraction").full
 
 
 def _trial_sets(

@@ -25,6 +25,7 @@ from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.trial_list import read_trial_list
 from sv_kedro.training.checkpoint import load_checkpoint
+from sv_kedro.utils.params import as_int, check_keys
 from sv_kedro.utils.paths import resolve_path, split_roots
 
 log = logging.getLogger(__name__)
@@ -53,27 +54,15 @@ GENERATED_TRIALS_KEYS = frozenset({"targets_per_utt", "nontargets_per_utt", "see
 def check_judge_params(judge: dict[str, Any]) -> None:
     """Refuse misspelt keys: a typo such as ``judge.trial_lst`` would otherwise be ignored
     and the metrics reported on a generated list instead of the user's."""
-    unknown = sorted(set(judge) - JUDGE_KEYS)
-    if unknown:
-        raise JudgeError(f"judge: unknown key(s) {unknown}; allowed {sorted(JUDGE_KEYS)}")
+    check_keys(judge, sorted(JUDGE_KEYS), "judge", JudgeError)
     generated = judge.get("generated_trials") or {}
-    unknown = sorted(set(generated) - GENERATED_TRIALS_KEYS)
-    if unknown:
-        raise JudgeError(
-            f"judge.generated_trials: unknown key(s) {unknown}; "
-            f"allowed {sorted(GENERATED_TRIALS_KEYS)}"
-        )
+    check_keys(generated, sorted(GENERATED_TRIALS_KEYS), "judge.generated_trials", JudgeError)
 
 
 def _int_param(judge: dict[str, Any], path: str, default: int) -> int:
     section, _, key = path.rpartition(".")
-    value = (judge.get(section) or {}).get(key, default) if section else judge.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise JudgeError(f"judge.{path} must be an integer, got {value!r}")
-    try:
-        return int(value)
-    except ValueError:
-        raise JudgeError(f"judge.{path} must be an integer, got {value!r}") from None
+    settings = (judge.get(section) or {}) if section else judge
+    return as_int(settings.get(key, default), f"judge.{path}", JudgeError)
 
 
 def scan_judged_audio(judge: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -166,7 +155,8 @@ def judged_embeddings(
         table = EmbeddingsDataset(filepath=str(resolve_path(embeddings))).load()
         return table, None
     options = dict(judge.get("extraction") or {})
-    result = extract_from_checkpoint(load_checkpoint(resolve_path(checkpoint)), manifest, options)
+    payload = load_checkpoint(resolve_path(checkpoint))
+    result = extract_from_checkpoint(payload, manifest, options, "judge.extraction")
     return result.full, result.crops
 
 

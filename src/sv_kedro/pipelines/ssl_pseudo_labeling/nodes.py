@@ -124,7 +124,9 @@ def embed_training_utterances(
     """Full-utterance embeddings of every training utterance (the clustering input)."""
     _set_threads(run)
     audio = train_manifest[[c for c in AUDIO_COLUMNS if c in train_manifest]]
-    return extract_from_checkpoint(checkpoint, audio, extraction).full
+    return extract_from_checkpoint(
+        checkpoint, audio, extraction, "ssl_pseudo_labeling.extraction"
+    ).full
 
 
 def validate_embeddings(
