@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,10 @@ import torch
 from sv_kedro.api import embed_file, embed_waveform, load_speaker_model, score_files
 from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.audio.io import AudioDecodeError, read_audio, write_audio
+from sv_kedro.corpus.validation import ValidationPolicy
 from sv_kedro.models.factory import build_model
-from sv_kedro.training.checkpoint import build_checkpoint, save_checkpoint
+from sv_kedro.scoring.embedding_table import EmbeddingError
+from sv_kedro.training.checkpoint import CheckpointError, build_checkpoint, save_checkpoint
 
 
 @pytest.fixture
@@ -71,3 +75,107 @@ def test_missing_file_is_named(saved_model, tmp_path):
     model, _ = saved_model
     with pytest.raises(AudioDecodeError, match=r"nowhere\.wav: no such file"):
         embed_file(model, tmp_path / "nowhere.wav")
+
+
+def test_non_finite_samples_are_refused_naming_the_file(saved_model, tmp_path):
+    model, _ = saved_model
+    wave = _tone(1.5, 3)
+    wave[8000:8100] = np.nan
+    path = tmp_path / "nan.wav"
+    write_audio(path, wave, 16000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match=r"nan\.wav: 100 non-finite sample\(s\).*0\.500 s"):
+        embed_file(model, path, n_crops=2, crop_seconds=1.0)
+    clean = tmp_path / "clean.wav"
+    write_audio(clean, _tone(1.5, 4), 16000)
+    with pytest.raises(AudioDecodeError, match=r"nan\.wav: .*non-finite"):  # which of the two
+        score_files(model, clean, path, n_crops=2, crop_seconds=1.0)
+    with pytest.raises(AudioDecodeError, match=r"waveform: 1 non-finite"):
+        embed_waveform(model, np.where(np.arange(16000) == 5, np.inf, _tone(1.0, 5)))
+
+
+@pytest.mark.parametrize(
+    ("wave", "message"),
+    [
+        (np.zeros(32000, np.float32), r"silent \(RMS -inf dBFS < -60 dBFS\)"),
+        (np.full(32000, 1e-4, np.float32), r"silent \(RMS -80\.0 dBFS < -60 dBFS\)"),
+        (_tone(0.05, 6), r"too short \(0\.050 s < 0\.5 s\)"),
+    ],
+    ids=["zeros", "quiet", "short"],
+)
+def test_input_the_pipelines_would_exclude_is_refused(saved_model, tmp_path, wave, message):
+    model, _ = saved_model
+    path = tmp_path / "bad.wav"
+    write_audio(path, wave, 16000, subtype="FLOAT")
+    with pytest.raises(AudioDecodeError, match=rf"bad\.wav: {message}"):
+        embed_file(model, path)
+    with pytest.raises(AudioDecodeError, match=rf"waveform: {message}"):
+        embed_waveform(model, wave)
+
+
+def test_model_errors_on_short_input_name_the_file(tmp_path):
+    # With the duration check relaxed, the x-vector's own TDNN-context check decides.
+    config = {"architecture": "xvector", "xvector": {"channels": 16, "stats_channels": 24}}
+    model = build_model({**config, "n_classes": 4}).eval()
+    path = tmp_path / "short.wav"
+    write_audio(path, _tone(0.05, 7), 16000)
+    with pytest.raises(ValueError, match=r"short\.wav: x-vector: each utterance needs more than"):
+        embed_file(model, path, policy=ValidationPolicy(min_duration=0.0))
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 1, 16000), r"got shape \(1, 1, 16000\); squeeze the size-1 dimensions"),
+        ((2, 16000), r"got shape \(2, 16000\); it looks like \[channels, time\]"),
+        ((), r"got shape \(\)"),
+    ],
+)
+def test_waveform_layout_is_checked_before_anything_is_allocated(saved_model, shape, message):
+    model, _ = saved_model
+    wave = np.full(shape, 0.1, dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"waveform: expected a 1-D waveform \[time\].*{message}"):
+        embed_waveform(model, wave)
+
+
+def test_time_by_channels_waveform_is_averaged_to_mono(saved_model):
+    model, _ = saved_model
+    left, right = _tone(1.2, 8), _tone(1.2, 9)
+    stereo = embed_waveform(model, np.stack([left, right], axis=1), n_crops=1, crop_seconds=1.0)
+    mono = embed_waveform(model, (left + right) / 2, n_crops=1, crop_seconds=1.0)
+    np.testing.assert_allclose(stereo, mono, atol=1e-6)
+
+
+def test_nan_weights_are_reported_as_a_non_finite_embedding(tmp_path, tiny_ecapa_config):
+    model = build_model(tiny_ecapa_config).eval()
+    state = model.state_dict()
+    name = next(key for key, value in state.items() if value.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    path = tmp_path / "nan_weights.pt"
+    save_checkpoint(path, build_checkpoint("ecapa_tdnn", tiny_ecapa_config, state, epoch=0, step=0))
+    pattern = rf"waveform: the model produced NaN or inf .*\(its weights hold .*{re.escape(name)}"
+    with pytest.raises(EmbeddingError, match=pattern):
+        embed_waveform(load_speaker_model(path), _tone(1.0, 10), n_crops=0)
+
+
+def test_checkpoint_tensor_of_the_wrong_shape_names_file_and_key(tmp_path, tiny_ecapa_config):
+    state = build_model(tiny_ecapa_config).state_dict()
+    name = next(key for key, value in state.items() if value.dim() >= 2)
+    expected_shape = tuple(state[name].shape)
+    state[name] = torch.zeros(3)
+    path = tmp_path / "wrong_shape.pt"
+    save_checkpoint(path, build_checkpoint("ecapa_tdnn", tiny_ecapa_config, state, epoch=0, step=0))
+    with pytest.raises(
+        CheckpointError,
+        match=rf"wrong_shape\.pt: 1 checkpoint tensor.*{re.escape(name)}: checkpoint \(3,\), "
+        rf"model {re.escape(str(expected_shape))}",
+    ):
+        load_speaker_model(path)
+
+
+def test_unknown_or_unavailable_device_is_named(saved_model, monkeypatch):
+    _, path = saved_model
+    with pytest.raises(ValueError, match=r"device 'gpu' is not a torch device \(auto, cpu, cuda"):
+        load_speaker_model(path, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device 'cuda' but CUDA is not available here"):
+        load_speaker_model(path, device="cuda")

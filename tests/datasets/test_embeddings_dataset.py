@@ -11,6 +11,7 @@ from kedro.io import DatasetError, Version
 
 from sv_kedro.datasets import EmbeddingsDataset, table_from_vectors
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+from sv_kedro.training.checkpoint import build_checkpoint, save_checkpoint
 
 KEYS = ["id00012/21Uxsk56VDQ/00001.wav", "id00012/21Uxsk56VDQ/00002.wav", "id10001/x/00001.wav"]
 
@@ -76,7 +77,6 @@ def test_pt_published_by_another_tool_with_row_vectors(tmp_path):
     ("bad_value", "message"),
     [
         (torch.arange(8), "has dtype torch.int64, not float"),
-        (torch.zeros(9), "has 9 values, the others have 8"),
         (torch.zeros(2, 4), r"has shape \(2, 4\), not a vector"),
         ("not a tensor", "is a str, not a tensor or array"),
     ],
@@ -87,6 +87,31 @@ def test_pt_validation_names_the_bad_key(tmp_path, bad_value, message):
     contents["spk9/broken.wav"] = bad_value
     torch.save(contents, path)
     with pytest.raises(DatasetError, match=rf"bad\.pt: embedding 'spk9/broken\.wav' {message}"):
+        EmbeddingsDataset(filepath=str(path)).load()
+
+
+def test_pt_with_mixed_lengths_names_the_odd_ones_out(tmp_path):
+    path = tmp_path / "mixed.pt"
+    # The odd key comes first: the message must not blame the keys after it.
+    contents = {"spk0/odd.wav": torch.zeros(32), **{k: torch.zeros(64) for k in KEYS}}
+    torch.save(contents, path)
+    with pytest.raises(DatasetError, match=r"mixed\.pt: 1 embedding\(s\) differ") as err:
+        EmbeddingsDataset(filepath=str(path)).load()
+    assert "other 3, which have 64 values: 'spk0/odd.wav' has 32" in str(err.value)
+    assert not any(key in str(err.value) for key in KEYS)
+    with pytest.raises(DatasetError, match=r"no majority: \{32: \['a'\], 64: \['b'\]\}"):
+        table_from_vectors({"a": torch.zeros(32), "b": torch.zeros(64)}, "tie.pt")
+
+
+def test_checkpoint_given_as_embeddings_is_recognised(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(path, build_checkpoint("toy", {}, model.state_dict(), epoch=0, step=0))
+    with pytest.raises(
+        DatasetError,
+        match=r"checkpoint\.pt is a model checkpoint .*not an embeddings file: pass it as the "
+        "checkpoint, not the embeddings",
+    ):
         EmbeddingsDataset(filepath=str(path)).load()
 
 

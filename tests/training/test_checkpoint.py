@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -148,6 +149,52 @@ def test_load_errors_name_the_file(tmp_path):
     garbage.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match=r"garbage\.pt: not a readable torch file"):
         load_checkpoint(garbage)
+
+
+def _saved_bytes(obj: object, zip_format: bool = True) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, _use_new_zipfile_serialization=zip_format)
+    return buffer.getvalue()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
+_RANDOM_BYTES = bytes(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("contents", "message"),
+    [
+        # torch's unpickler fails on random bytes with an UnpicklingError ("Unsupported
+        # operand"), which must not be taken for a refused global.
+        (_RANDOM_BYTES, r"neither a zip archive nor a pickle stream \(it starts with"),
+        (b"this is not a checkpoint", r"neither a zip archive nor a pickle stream"),
+        (b"", "it is empty"),
+        (_saved_bytes(_payload())[:2000], r"corrupt or truncated \(PytorchStreamReader"),
+        (_saved_bytes(_payload(), zip_format=False)[:2000], r"corrupt or truncated"),
+    ],
+    ids=["random", "text", "empty", "truncated-zip", "truncated-legacy"],
+)
+def test_unreadable_file_is_not_described_as_unsafe(tmp_path, contents, message):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(contents)
+    for source, name in ((path, r"broken\.pt"), (io.BytesIO(contents), "<stream>")):
+        pattern = rf"{name}: not a readable torch file: {message}"
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            load_checkpoint(source)
+        assert "could run code" not in str(err.value)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_unsafe_global_is_refused_as_such(tmp_path, zip_format):
+    path = tmp_path / "unsafe.pt"
+    path.write_bytes(_saved_bytes(_payload(sampler=_RunsCode()), zip_format))
+    with pytest.raises(CheckpointError, match=r"unsafe\.pt: refused to load.*run code") as err:
+        load_checkpoint(path)
+    assert "Unsupported global: GLOBAL print" in str(err.value)
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pickle
+import re
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
@@ -56,6 +57,16 @@ _SAFE_SCALARS = (type(None), bool, int, float, complex, str, bytes, bytearray)
 _SAFE_DICTS = (dict, OrderedDict, Counter)
 _SAFE_SEQUENCES = (list, tuple, set)
 _SAFE_TORCH = (torch.Size, torch.dtype, torch.device)
+
+
+# What torch says when the weights-only unpickler meets a global outside its allow-list
+# (``Unsupported global: GLOBAL ...``, or ``... unsupported GLOBAL ... is blocked``); its
+# other refusals (``Unsupported operand 197``) are what random bytes produce.
+_REFUSED_GLOBAL = re.compile(r"unsupported global", re.IGNORECASE)
+# Every torch.save file starts with one of these: a zip archive (torch >= 1.6) or the
+# legacy format's pickle protocol opcode.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
 
 
 class CheckpointError(ValueError):
@@ -179,26 +190,24 @@ def torch_load_weights_only(
     """``torch.load(weights_only=True)`` with errors that name the file and say why.
 
     A pickle that asks for any global outside torch's allow-list (a class, a function
-    such as ``open`` or ``os.system``) is refused before anything is constructed.
+    such as ``open`` or ``os.system``) is refused before anything is constructed. A file
+    that is not a torch file at all, or a damaged one, is reported as such: torch's
+    unpickler fails on random bytes with an ``UnpicklingError`` too.
     """
     if mmap and isinstance(source, (str, os.PathLike)) and not zipfile.is_zipfile(source):
         mmap = False  # legacy (pre-1.6) files cannot be mapped; read them instead
     try:
         return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "Unsupported" not in str(exc):  # a damaged pickle, not a refused global
-            raise CheckpointError(
-                f"{name}: not a readable torch file ({_refusal_detail(exc)})"
-            ) from exc
+        if _REFUSED_GLOBAL.search(str(exc)) is None:
+            raise CheckpointError(_unreadable(source, name, exc)) from exc
         raise CheckpointError(
             f"{name}: refused to load: the file holds objects that weights_only=True "
             f"loading does not allow (a pickle that could run code); only tensors, "
             f"numbers, strings and containers are accepted. {_refusal_detail(exc)}"
         ) from exc
     except Exception as exc:  # a corrupt file can fail anywhere in the unpickler
-        raise CheckpointError(
-            f"{name}: not a readable torch file ({_refusal_detail(exc)})"
-        ) from exc
+        raise CheckpointError(_unreadable(source, name, exc)) from exc
 
 
 def check_weights_only_safe(obj: Any, source: str = "<checkpoint>", where: str = "") -> None:
@@ -347,14 +356,47 @@ def _json_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _unreadable(source: str | os.PathLike[str] | BinaryIO, name: str, exc: BaseException) -> str:
+    """Why ``source`` did not load: not torch data at all, or a damaged torch file."""
+    head = _file_head(source)
+    if head == b"":
+        return f"{name}: not a readable torch file: it is empty"
+    if head is not None and not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        return (
+            f"{name}: not a readable torch file: neither a zip archive nor a pickle "
+            f"stream (it starts with {head!r})"
+        )
+    return f"{name}: not a readable torch file: corrupt or truncated ({_refusal_detail(exc)})"
+
+
+def _file_head(source: str | os.PathLike[str] | BinaryIO) -> bytes | None:
+    """The first bytes of ``source`` (from the start of a stream); ``None`` when unknown."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                return handle.read(len(_ZIP_MAGIC))
+        source.seek(0)
+        return source.read(len(_ZIP_MAGIC))
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
 def _refusal_detail(exc: BaseException) -> str:
     """The informative sentence of torch's long weights-only message (or its first line)."""
     text = str(exc).strip()
     marker = "WeightsUnpickler error:"
     if marker in text:
-        detail = text.split(marker, 1)[1].strip()
-        return "Detail: " + detail.split(". ", 1)[0].strip() + "."
-    return text.splitlines()[0] if text else type(exc).__name__
+        return "Detail: " + _first_sentence(text.split(marker, 1)[1])
+    # A blocked module's refusal comes without the marker, after torch's general advice.
+    refusal = next((line for line in text.splitlines() if _REFUSED_GLOBAL.search(line)), None)
+    if refusal is not None:
+        return "Detail: " + _first_sentence(refusal)
+    return _first_sentence(text) if text else type(exc).__name__
+
+
+def _first_sentence(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.split(". ", 1)[0].strip().rstrip(".") + "."
 
 
 def _fsync_directory(folder: Path) -> None:
