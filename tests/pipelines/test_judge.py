@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from sv_kedro.pipelines.judge.nodes import JudgeError, judged_trials, scan_judged_audio
+from sv_kedro.pipelines.judge.nodes import (
+    JudgeError,
+    judged_embeddings,
+    judged_trials,
+    scan_judged_audio,
+)
+from sv_kedro.pipelines.judge.pipeline import create_pipeline
 
 MANIFEST = pd.DataFrame(
     {
@@ -75,3 +83,22 @@ def test_a_trial_on_an_excluded_utterance_names_the_reason(tmp_path):
     absent = _list(tmp_path, "1 b/9.wav b/1.wav", "0 b/1.wav a/1.wav")
     with pytest.raises(ValueError, match=r"not in the manifest.*b/9.wav"):
         judged_trials(MANIFEST, report, {"trial_list": absent})
+
+
+def test_an_embeddings_file_must_hold_every_trial_utterance(tmp_path):
+    path = tmp_path / "emb.pt"
+    vectors = {f"/abs/{u}": torch.ones(4) for u in MANIFEST["utt_id"]}  # not utt_ids
+    torch.save(vectors, path)
+    trials = pd.DataFrame(
+        {"label": [1, 0], "enrol": ["a/1.wav"] * 2, "test": ["a/2.wav", "b/1.wav"]}
+    )
+    with pytest.raises(JudgeError, match=r"3 of the 3 utterances.*look like \['/abs/a/1.wav'"):
+        judged_embeddings(MANIFEST, trials, {"embeddings": str(path)})
+    torch.save({u: torch.full((4,), float(i + 1)) for i, u in enumerate(MANIFEST["utt_id"])}, path)
+    full, crops = judged_embeddings(MANIFEST, trials, {"embeddings": str(path)})
+    assert crops is None and np.allclose(full["b/1.wav"], 3.0)
+
+
+def test_the_trials_are_checked_before_anything_is_embedded():
+    order = [node.name for node in create_pipeline().nodes]
+    assert order.index("load_or_generate_judged_trials") < order.index("embed_judged_audio")

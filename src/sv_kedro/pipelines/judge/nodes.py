@@ -140,9 +140,13 @@ def _check_trial_utterances(
 
 
 def judged_embeddings(
-    manifest: pd.DataFrame, judge: dict[str, Any]
+    manifest: pd.DataFrame, trials: pd.DataFrame, judge: dict[str, Any]
 ) -> tuple[EmbeddingTable, EmbeddingTable | None]:
-    """Full and crop embeddings from ``judge.checkpoint``, or ``judge.embeddings`` as given."""
+    """Full and crop embeddings from ``judge.checkpoint``, or ``judge.embeddings`` as given.
+
+    Takes the checked ``trials`` so that they are read (and refused) before anything is
+    embedded; an embeddings file must hold every utterance they name.
+    """
     checkpoint, embeddings = judge.get("checkpoint"), judge.get("embeddings")
     if bool(checkpoint) == bool(embeddings):
         raise JudgeError(
@@ -153,11 +157,23 @@ def judged_embeddings(
         from sv_kedro.datasets.embeddings_dataset import EmbeddingsDataset
 
         table = EmbeddingsDataset(filepath=str(resolve_path(embeddings))).load()
+        _check_covers_trials(table, trials, str(embeddings))
         return table, None
     options = dict(judge.get("extraction") or {})
     payload = load_checkpoint(resolve_path(checkpoint))
     result = extract_from_checkpoint(payload, manifest, options, "judge.extraction")
     return result.full, result.crops
+
+
+def _check_covers_trials(table: EmbeddingTable, trials: pd.DataFrame, name: str) -> None:
+    named = pd.unique(pd.concat([trials["enrol"], trials["test"]]).astype(str))
+    missing = named[table.positions(named) < 0]
+    if len(missing):
+        raise JudgeError(
+            f"judge.embeddings {name!r}: {len(missing)} of the {len(named)} utterances the "
+            f"trials name have no embedding, e.g. {missing[:3].tolist()}; the file's keys "
+            f"look like {table.keys_[:3]} (keys must be utt_ids: paths below the audio root)"
+        )
 
 
 def score_judged_trials(

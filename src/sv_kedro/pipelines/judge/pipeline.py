@@ -26,7 +26,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
             ),
             node(
                 nodes.judged_embeddings,
-                inputs=["judge_manifest", "params:judge"],
+                inputs=["judge_manifest", "judge_trials", "params:judge"],
                 outputs="judge_embeddings",
                 name="embed_judged_audio",
             ),
