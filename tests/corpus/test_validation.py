@@ -143,6 +143,19 @@ def test_policy_rejects_bad_values() -> None:
         ValidationPolicy(min_duration=2.0, max_duration=1.0)
 
 
+def test_policy_from_parameters_names_the_key_at_fault() -> None:
+    policy = ValidationPolicy.from_dict({"min_duration": "0.25", "workers": 2, "max_duration": 9})
+    assert policy == ValidationPolicy(min_duration=0.25, workers=2, max_duration=9.0)
+    with pytest.raises(ValueError, match=r"judge.validation: unknown key\(s\) \['min_duraton'\]"):
+        ValidationPolicy.from_dict({"min_duraton": 5}, "judge.validation")
+    with pytest.raises(ValueError, match=r"judge.validation.min_duration must be a number"):
+        ValidationPolicy.from_dict({"min_duration": "abc"}, "judge.validation")
+    with pytest.raises(ValueError, match=r"v.silence_blocks must be an integer, got 'x'"):
+        ValidationPolicy.from_dict({"silence_blocks": "x"}, "v")
+    with pytest.raises(KeyError, match=r"v: ValidationPolicy.min_duration must be >= 0"):
+        ValidationPolicy.from_dict({"min_duration": -1}, "v", KeyError)
+
+
 def test_rms_of_long_file_from_blocks_matches_full_read(tmp_path: Path) -> None:
     path = tmp_path / "ramp.flac"
     rate = 8000

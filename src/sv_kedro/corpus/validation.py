@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ from sv_kedro.audio.io import (
     write_audio,
 )
 from sv_kedro.corpus.manifest import MANIFEST_COLUMNS, parallel_map
+from sv_kedro.utils.params import as_float, as_int, check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,32 @@ class ValidationPolicy:
             raise ValueError(
                 "ValidationPolicy.silence_blocks and silence_block_seconds must be > 0"
             )
+
+    @classmethod
+    def from_dict(
+        cls,
+        settings: Mapping[str, Any],
+        where: str = "validation",
+        error: type[Exception] = ValueError,
+    ) -> ValidationPolicy:
+        """A policy from parameters: unknown keys and values that are no numbers raise
+        ``error`` naming ``<where>.<key>`` (``--params`` hands strings through as given)."""
+        check_keys(settings, [f.name for f in fields(cls)], where, error)
+        values = dict(settings)
+        for key in ("min_duration", "silence_rms_db", "silence_block_seconds"):
+            if key in values:
+                values[key] = as_float(values[key], f"{where}.{key}", error)
+        if values.get("max_duration") is not None:
+            values["max_duration"] = as_float(
+                values["max_duration"], f"{where}.max_duration", error
+            )
+        for key in ("target_sample_rate", "workers", "silence_blocks"):
+            if key in values:
+                values[key] = as_int(values[key], f"{where}.{key}", error)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise error(f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)

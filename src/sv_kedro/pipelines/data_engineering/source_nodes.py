@@ -187,10 +187,9 @@ def validate_audio(
     settings = section(params, "validation")
     fixed_dir = resolve_path(settings.pop("fixed_dir", "data/02_intermediate/fixed_audio"))
     settings.setdefault("workers", int_param(params, "workers", 0))
-    try:
-        policy = ValidationPolicy(**settings)
-    except TypeError as exc:
-        raise DataEngineeringError(f"parameter data_engineering.validation: {exc}") from exc
+    policy = ValidationPolicy.from_dict(
+        settings, "data_engineering.validation", DataEngineeringError
+    )
     manifest, report = validate_manifest(raw_manifest, policy, fixed_dir)
     if len(conversion_failures):
         converted = pd.DataFrame(

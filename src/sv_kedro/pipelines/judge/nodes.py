@@ -75,7 +75,8 @@ def scan_judged_audio(judge: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame
     if workers < 0:
         raise JudgeError(f"judge.workers must be >= 0, got {workers}")
     raw = scan_folder_roots(roots, workers=workers)
-    policy = ValidationPolicy(**dict(judge.get("validation") or {}))
+    settings = judge.get("validation") or {}
+    policy = ValidationPolicy.from_dict(settings, "judge.validation", JudgeError)
     manifest, report = validate_manifest(raw, policy, resolve_path(judge["fixed_dir"]))
     if manifest.empty:
         raise JudgeError(f"{roots}: no usable audio ({report['reason'].value_counts().to_dict()})")
