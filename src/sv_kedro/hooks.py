@@ -1,4 +1,8 @@
-"""Hooks that shape the registered pipelines from the session's parameters.
+"""Hooks that check the session's ``--params`` and shape the pipelines from its parameters.
+
+:class:`ParamsTypoHook` refuses a ``--params`` key that the configuration lacks but nearly
+has (``ssl_pseudo_labeling.n_iteration``): a misspelt override would otherwise set a key
+no node reads, and the run would go ahead with the value it meant to change.
 
 Kedro registers pipelines from code, before any node sees a parameter; the number of
 self-supervised rounds (``ssl_pseudo_labeling.n_iterations``) decides how many namespaced
@@ -10,6 +14,7 @@ pipelines when the count differs from the one they were built with.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping
 
@@ -19,6 +24,7 @@ from kedro.framework.project import pipelines
 
 from sv_kedro.pipelines import ssl_pseudo_labeling
 from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import DEFAULT_ITERATIONS, NAMESPACE
+from sv_kedro.utils.params import misspelt_keys
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,30 @@ def _forget_built_pipelines() -> None:
     requested = getattr(pipelines, "_requested_pipelines", None)
     pipelines.set_requested(["__rebuild__"])
     pipelines.set_requested(requested)
+
+
+class ParamsError(ValueError):
+    """A ``--params`` override that cannot be what was meant."""
+
+
+class ParamsTypoHook:
+    """Refuses ``--params`` keys that resemble a configured key but are not one."""
+
+    @hook_impl
+    def after_context_created(self, context: KedroContext) -> None:
+        loader = context.config_loader
+        overrides = dict(getattr(loader, "runtime_params", None) or {})
+        if not overrides:
+            return
+        # The configuration without the overrides: the same loader, runtime_params emptied.
+        configured = copy.copy(loader)
+        configured.runtime_params = {}
+        typos = misspelt_keys(overrides, configured["parameters"])
+        if typos:
+            listed = "; ".join(f"{given} (did you mean {meant}?)" for given, meant in typos)
+            raise ParamsError(
+                f"--params: key(s) not in the {loader.env or 'base'} configuration: {listed}"
+            )
 
 
 class PipelineShapeHook:

@@ -7,8 +7,9 @@ with ``.get(key, default)`` is silently ignored. These helpers give the message 
 
 from __future__ import annotations
 
+import difflib
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -54,3 +55,25 @@ def as_float(value: Any, key: str, error: type[Exception] = ValueError) -> float
         except ValueError:
             pass
     raise error(f"{key} must be a number, got {value!r}")
+
+
+def misspelt_keys(
+    overrides: Mapping[str, Any], known: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, str]]:
+    """``(given, meant)`` key paths of ``overrides`` that ``known`` lacks but nearly has.
+
+    A key the configuration lacks may be a new setting (``training.max_steps`` where only
+    ``epochs`` is written down), so only one that resembles a key at the same level
+    (``n_iteration`` next to ``n_iterations``) is taken for a typo.
+    """
+    found: list[tuple[str, str]] = []
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if key in known:
+            if isinstance(value, Mapping) and isinstance(known[key], Mapping):
+                found += misspelt_keys(value, known[key], f"{path}.")
+            continue
+        close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.8)
+        if close:
+            found.append((path, f"{prefix}{close[0]}"))
+    return found

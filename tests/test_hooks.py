@@ -1,0 +1,53 @@
+"""Project hooks: a misspelt --params key stops the session before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from sv_kedro.hooks import ParamsError
+from sv_kedro.utils.params import misspelt_keys
+
+
+def test_misspelt_keys_are_those_that_resemble_a_configured_one():
+    known = {"n_iterations": 2, "dino": {"export": "student", "training": {"epochs": 2}}}
+    overrides = {
+        "n_iteration": 3,  # typo
+        "dino": {"exprt": "teacher", "training": {"max_steps": 5, "epochs": 1}},
+        "new_section": {"anything": 1},  # resembles nothing: a new setting
+    }
+    assert misspelt_keys(overrides, known) == [
+        ("n_iteration", "n_iterations"),
+        ("dino.exprt", "dino.export"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"ssl_pseudo_labeling": {"n_iteration": 3}},
+            r"ssl_pseudo_labeling.n_iteration \(did you mean ssl_pseudo_labeling.n_iterations\?\)",
+        ),
+        (
+            {"ssl_pseudo_labeling": {"finetune": {"init_from_prev": False}}},
+            r"finetune.init_from_prev \(did you mean ssl_pseudo_labeling.finetune.init_from_prev",
+        ),
+    ],
+)
+def test_a_session_with_a_misspelt_override_stops_naming_it(kedro_project: Path, params, message):
+    bootstrap_project(kedro_project)
+    with pytest.raises(ParamsError, match=message):
+        with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
+            session.load_context()
+
+
+def test_new_and_existing_keys_pass(kedro_project: Path):
+    bootstrap_project(kedro_project)
+    params = {"xvector": {"training": {"max_steps": 2, "epochs": 1}}}
+    with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
+        context = session.load_context()
+    assert context.params["xvector"]["training"]["max_steps"] == 2
