@@ -109,6 +109,10 @@ def test_task_updates_teacher_once_per_optimiser_step() -> None:
     assert task.teacher_step == 2
     with pytest.raises(ValueError, match="planned steps"):
         task.compute_loss(model, batch, TrainState(step=3, model=model))
+    with pytest.raises(ValueError, match=r"dino.task.student_temperature must be > 0, got -1"):
+        DinoTask({"student_temperature": -1})
+    with pytest.raises(ValueError, match=r"dino.task.ema_momentum must be a number, got 'x'"):
+        DinoTask({"ema_momentum": "x"})
     restored = DinoTask({})
     restored.load_state_dict(task.state_dict())
     assert restored.teacher_step == 2

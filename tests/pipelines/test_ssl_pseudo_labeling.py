@@ -179,6 +179,13 @@ def test_unknown_clustering_key_is_named_before_clustering() -> None:
     del clustering["whitten"]
     table, _, _ = ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     assert table["pseudo_label"].nunique() == 2
+    for key, value, message in [
+        ("k2", "abc", r"clustering.k2 must be an integer, got 'abc'"),
+        ("n_iter", "abc", r"clustering.n_iter must be an integer"),
+        ("whiten", "nope", r"clustering.whiten must be true or false, got 'nope'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ssl_nodes.cluster_training_embeddings(embeddings, manifest, {**clustering, key: value})
 
 
 def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -> None:

@@ -213,6 +213,8 @@ def test_config_round_trip_and_bad_keys():
     assert again == cfg
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_max'\]"):
         TrainConfig.from_dict({"lr_max": 1.0})
+    with pytest.raises(ValueError, match=r"training.lr must be a number, got 'abc'"):
+        TrainConfig.from_dict({"lr": "abc"})
     with pytest.raises(ValueError, match=r"schedule\.kind must be one of"):
         TrainConfig.from_dict({"schedule": {"kind": "cosine"}})
     with pytest.raises(ValueError, match=r"training\.precision"):

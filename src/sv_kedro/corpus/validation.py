@@ -44,7 +44,7 @@ from sv_kedro.audio.io import (
     write_audio,
 )
 from sv_kedro.corpus.manifest import MANIFEST_COLUMNS, parallel_map
-from sv_kedro.utils.params import as_float, as_int, check_keys
+from sv_kedro.utils.params import check_keys, coerce_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +121,7 @@ class ValidationPolicy:
         """A policy from parameters: unknown keys and values that are no numbers raise
         ``error`` naming ``<where>.<key>`` (``--params`` hands strings through as given)."""
         check_keys(settings, [f.name for f in fields(cls)], where, error)
-        values = dict(settings)
-        for key in ("min_duration", "silence_rms_db", "silence_block_seconds"):
-            if key in values:
-                values[key] = as_float(values[key], f"{where}.{key}", error)
-        if values.get("max_duration") is not None:
-            values["max_duration"] = as_float(
-                values["max_duration"], f"{where}.max_duration", error
-            )
-        for key in ("target_sample_rate", "workers", "silence_blocks"):
-            if key in values:
-                values[key] = as_int(values[key], f"{where}.{key}", error)
+        values = coerce_scalars(cls, settings, where, error)
         try:
             return cls(**values)
         except ValueError as exc:

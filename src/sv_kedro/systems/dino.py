@@ -52,6 +52,7 @@ from sv_kedro.training.multicrop_data import (
 from sv_kedro.training.shard_data import shard_epoch_loader
 from sv_kedro.training.task import LoaderRequest, StepOutput, TrainState, unwrap_model
 from sv_kedro.utils.atomic import atomic_write_path
+from sv_kedro.utils.params import as_float, as_int
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class DinoLoaderFactory:
                 f"dino data: unknown key(s) {unknown}; allowed: {sorted(LOADER_DEFAULTS)}"
             )
         self.config = {**LOADER_DEFAULTS, **dict(config)}
+        for key, default in LOADER_DEFAULTS.items():  # the defaults' types are the keys' types
+            number = as_int if isinstance(default, int) else as_float
+            if isinstance(default, (int, float)):
+                self.config[key] = number(self.config[key], f"dino.data.{key}")
         manifest = pd.read_parquet(self.config["manifest_path"])
         seed = int(self.config.get("seed", 0))
         rate = int(self.config["sample_rate"])
@@ -180,7 +185,14 @@ class DinoTask:
             raise ValueError(
                 f"dino task: unknown key(s) {unknown}; allowed {sorted(TASK_DEFAULTS)}"
             )
-        self.config = {k: float(v) for k, v in {**TASK_DEFAULTS, **dict(config)}.items()}
+        merged = {**TASK_DEFAULTS, **dict(config)}
+        self.config = {k: as_float(v, f"dino.task.{k}") for k, v in merged.items()}
+        for key in ("student_temperature", "teacher_temperature", "teacher_temperature_start"):
+            if not self.config[key] > 0:
+                raise ValueError(f"dino.task.{key} must be > 0, got {self.config[key]}")
+        for key in ("center_momentum", "ema_momentum", "ema_momentum_end"):
+            if not 0 <= self.config[key] <= 1:
+                raise ValueError(f"dino.task.{key} must be within [0, 1], got {self.config[key]}")
         self.teacher_step = 0  # optimiser steps already folded into the teacher
 
     def teacher_temperature(self, step: int) -> float:

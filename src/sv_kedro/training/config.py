@@ -19,6 +19,7 @@ from sv_kedro.training.optim import (
     build_param_groups,
 )
 from sv_kedro.training.schedules import ScheduleConfig
+from sv_kedro.utils.params import coerce_scalars
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -122,7 +123,7 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"training: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        return cls(**coerce_scalars(cls, values, "training"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (``from_dict(to_dict())`` gives an equal config)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -77,3 +79,33 @@ def misspelt_keys(
         if close:
             found.append((path, f"{prefix}{close[0]}"))
     return found
+
+
+def coerce_scalars(
+    target: Any, values: Mapping[str, Any], where: str, error: type[Exception] = ValueError
+) -> dict[str, Any]:
+    """``values`` for ``target`` (a dataclass, or a function taking them as keywords), with
+    each one annotated ``int`` or ``float`` (or either ``| None``) converted by
+    :func:`as_int` / :func:`as_float`, and each one annotated ``bool`` required to be a
+    boolean: a wrong value raises ``error`` naming ``<where>.<key>``, not a bare TypeError
+    deep inside (or, for a bool, nothing: the string ``"no"`` is true). Other keys, unknown
+    keys and ``None`` pass unchanged."""
+    hints = typing.get_type_hints(target)
+    converted = dict(values)
+    for key, value in values.items():
+        hint = hints.get(key)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = set(typing.get_args(hint)) if union else {hint}
+        if value is None:
+            continue
+        if kinds <= {bool, type(None)} and bool in kinds:
+            if not isinstance(value, bool):
+                raise error(f"{where}.{key} must be true or false, got {value!r}")
+            continue
+        if not kinds <= {int, float, type(None)}:
+            continue
+        if float in kinds:
+            converted[key] = as_float(value, f"{where}.{key}", error)
+        elif int in kinds:
+            converted[key] = as_int(value, f"{where}.{key}", error)
+    return converted

@@ -36,6 +36,7 @@ from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.systems.dino import train_dino
 from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.runner import train_speaker_system
+from sv_kedro.utils.params import as_int, coerce_scalars
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ CLUSTER_OPTIONS = (
 def _set_threads(run: Mapping[str, Any]) -> None:
     threads = run.get("torch_threads")
     if threads:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(as_int(threads, "ssl_pseudo_labeling.run.torch_threads"))
 
 
 def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -189,9 +190,14 @@ def cluster_training_embeddings(
         raise ValueError(f"clustering: unknown key(s) {unknown}; allowed: {sorted(known)}")
     vectors = validate_embeddings(embeddings, train_manifest, "embeddings").vectors
     options = {k: v for k, v in clustering.items() if k in CLUSTER_OPTIONS}
+    options = coerce_scalars(cluster_pseudo_labels, options, "clustering")
     # k1: null clusters the utterances themselves (no k-means step; small sets only).
-    k1 = len(vectors) if clustering["k1"] is None else min(int(clustering["k1"]), len(vectors))
-    k2 = "auto" if clustering["k2"] == "auto" else min(int(clustering["k2"]), k1)
+    k1 = len(vectors)
+    if clustering["k1"] is not None:
+        k1 = min(as_int(clustering["k1"], "clustering.k1"), len(vectors))
+    k2 = (
+        "auto" if clustering["k2"] == "auto" else min(as_int(clustering["k2"], "clustering.k2"), k1)
+    )
     search = ClusterCountSearch.from_settings(clustering.get("k2_search"))
     result = cluster_pseudo_labels(vectors, k1, k2, k2_search=search, **options)
     table = pseudo_label_frame(train_manifest["utt_id"].astype(str), result)
