@@ -23,7 +23,11 @@ from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines
 
 from sv_kedro.pipelines import ssl_pseudo_labeling
-from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import DEFAULT_ITERATIONS, NAMESPACE
+from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import (
+    DEFAULT_ITERATIONS,
+    NAMESPACE,
+    check_section,
+)
 from sv_kedro.utils.params import misspelt_keys
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class PipelineShapeHook:
         section = context.config_loader["parameters"].get(NAMESPACE) or {}
         rounds = DEFAULT_ITERATIONS
         if isinstance(section, Mapping):
+            check_section(section)
             rounds = section.get("n_iterations", DEFAULT_ITERATIONS)
         if ssl_pseudo_labeling.configure_iterations(rounds):
             log.info(

@@ -115,6 +115,38 @@ def test_n_iterations_parameter_shapes_the_registered_pipelines(kedro_project: P
         configure_iterations(2)
 
 
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"rounds": 3}, r"ssl_pseudo_labeling: unknown key\(s\) \['rounds'\]"),
+        ({"run": {"resme": False}}, r"ssl_pseudo_labeling.run: unknown key\(s\) \['resme'\]"),
+        ({"dino": {"exprt": "teacher"}}, r"ssl_pseudo_labeling.dino: unknown key"),
+        ({"dino": {"export": "studnet"}}, r"dino.export must be one of \('teacher', 'student'\)"),
+        ({"finetune": {"l2sp": 0.1}}, r"ssl_pseudo_labeling.finetune: unknown key\(s\) \['l2sp'\]"),
+        ({"lmft": {"clasifier_start": "fresh"}}, r"ssl_pseudo_labeling.lmft: unknown key"),
+    ],
+)
+def test_the_section_refuses_misspelt_keys_when_the_session_starts(
+    kedro_project: Path, section: dict[str, Any], message: str
+) -> None:
+    # Keys that resemble no configured key pass the --params guard, so the section's own
+    # check must catch them (a misspelt conf/local file takes the same path).
+    bootstrap_project(kedro_project)
+    params = {"ssl_pseudo_labeling": section}
+    with pytest.raises(ValueError, match=message):
+        with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
+            session.load_context()
+
+
+def test_shipped_environments_pass_the_section_check(kedro_project: Path) -> None:
+    from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import check_section
+
+    bootstrap_project(kedro_project)
+    for env in (None, "voxceleb", "folder"):
+        with KedroSession.create(project_path=kedro_project, env=env) as session:
+            check_section(session.load_context().params["ssl_pseudo_labeling"])
+
+
 def test_training_input_never_holds_true_speakers() -> None:
     manifest = pd.DataFrame(
         {

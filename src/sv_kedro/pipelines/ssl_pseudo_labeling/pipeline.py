@@ -23,19 +23,58 @@ many rounds before the run starts.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kedro.pipeline import Pipeline, node, pipeline
 
 from sv_kedro.pipelines import evaluation
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
+from sv_kedro.utils.params import check_keys
 
 NAMESPACE = "ssl_pseudo_labeling"
 DEFAULT_ITERATIONS = 2
 INITIAL_SOURCES = ("dino", "external")
 PARAMS = f"params:{NAMESPACE}"
 _configured_iterations: int | None = None
+
+
+# The keys each part of the ``ssl_pseudo_labeling`` section may hold; the nested sections
+# (model, loss, training, data, gate, clustering, extraction, task, ...) are checked by the
+# code that reads them.
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    NAMESPACE: ("n_iterations", "run", "dino", "extraction", "clustering", "finetune", "lmft"),
+    f"{NAMESPACE}.run": ("work_dir", "resume", "torch_threads", "distributed"),
+    f"{NAMESPACE}.dino": ("export", "model", "task", "training", "data"),
+    f"{NAMESPACE}.finetune": (
+        "init_from_previous",
+        "classifier_start",
+        "round_start",
+        "model",
+        "loss",
+        "l2sp_weight",
+        "gate",
+        "training",
+        "data",
+    ),
+}
+SECTION_KEYS[f"{NAMESPACE}.lmft"] = SECTION_KEYS[f"{NAMESPACE}.finetune"]
+DINO_EXPORTS = ("teacher", "student")
+
+
+def check_section(section: Mapping[str, Any]) -> None:
+    """Refuse unknown keys in ``ssl_pseudo_labeling`` and in its run / dino / finetune /
+    lmft parts, and a ``dino.export`` that is neither network, before anything runs (the
+    nodes read these parts with ``.get``, so a misspelt key would be ignored)."""
+    check_keys(section, SECTION_KEYS[NAMESPACE], NAMESPACE)
+    for part in ("run", "dino", "finetune", "lmft"):
+        values = section.get(part)
+        if values is not None and not isinstance(values, Mapping):
+            raise ValueError(f"{NAMESPACE}.{part} must be a mapping, got {values!r}")
+        check_keys(values or {}, SECTION_KEYS[f"{NAMESPACE}.{part}"], f"{NAMESPACE}.{part}")
+    export = (section.get("dino") or {}).get("export", "teacher")
+    if export not in DINO_EXPORTS:
+        raise ValueError(f"{NAMESPACE}.dino.export must be one of {DINO_EXPORTS}, got {export!r}")
 
 
 def check_iterations(value: object) -> int:
