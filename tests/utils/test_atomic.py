@@ -26,3 +26,14 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    target = tmp_path / "shard-000000.tar"
+    leftover = tmp_path / ".shard-000000.tar.abc123.tmp.tar"  # as mkstemp names it
+    leftover.write_bytes(b"half a shard")
+    other = tmp_path / ".shard-000001.tar.abc123.tmp.tar"  # another target's: kept
+    other.write_bytes(b"x")
+    atomic_write_bytes(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, target.name]

@@ -112,6 +112,8 @@ class TrainConfig:
             raise ValueError(
                 f"training.lr and training.head_lr must be > 0, got {self.lr}, {self.head_lr}"
             )
+        if not self.weight_decay >= 0:
+            raise ValueError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"training.grad_clip must be > 0 or null, got {self.grad_clip}")
 

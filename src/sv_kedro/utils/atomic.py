@@ -7,6 +7,7 @@ file or nothing, never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -29,11 +30,14 @@ def atomic_write_path(target: str | os.PathLike[str], suffix: str | None = None)
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.",
-        suffix=f".tmp{target.suffix if suffix is None else suffix}",
-        dir=target.parent,
-    )
+    prefix = f".{target.name}."
+    tmp_suffix = f".tmp{target.suffix if suffix is None else suffix}"
+    # A killed writer (SIGKILL, power loss) could not remove its temporary file; the next
+    # write of the same target does, so interrupted runs leave no debris behind.
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*{glob.escape(tmp_suffix)}"):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            leftover.unlink()
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=tmp_suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
