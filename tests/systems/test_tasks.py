@@ -83,3 +83,25 @@ def test_dlg_gate_keys_reach_the_fit_and_unknown_ones_are_named() -> None:
     assert _next_gate_threshold(dlg_min_separation=0.0, dlg_min_weight=0.01) == paper
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['dlg_min_sep'\]"):
         SpeakerClassificationTask({"name": "ce"}, gate={"enabled": True, "dlg_min_sep": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ({"enabled": "nope"}, r"gate.enabled must be true or false, got 'nope'"),
+        ({"lc_confidence": -1}, r"gate.lc_confidence must be within \[0, 1\], got -1"),
+        ({"initial_threshold": "abc"}, r"gate.initial_threshold must be a number, got 'abc'"),
+        ({"lc_start_epoch": "x"}, r"gate.lc_start_epoch must be an integer, got 'x'"),
+        ({"lc_temperature": 0}, r"gate.lc_temperature must be > 0"),
+    ],
+)
+def test_gate_values_are_checked_naming_the_key(gate, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SpeakerClassificationTask({"name": "ce"}, gate={"enabled": True, **gate})
+
+
+def test_l2sp_weight_must_be_a_number_at_least_zero() -> None:
+    with pytest.raises(ValueError, match=r"l2sp_weight must be a number, got 'abc'"):
+        SpeakerClassificationTask({"name": "ce"}, l2sp_weight="abc")
+    with pytest.raises(ValueError, match=r"l2sp_weight must be >= 0, got -0.1"):
+        SpeakerClassificationTask({"name": "ce"}, l2sp_weight=-0.1)

@@ -93,7 +93,7 @@ def train_speaker_system(
         task_config={
             "loss": dict(loss),
             "gate": gate,
-            "l2sp_weight": float(run.get("l2sp_weight", 0.0)),
+            "l2sp_weight": run.get("l2sp_weight", 0.0),  # checked by the task, naming it
             "seed": int(training.get("seed", 0)),
         },
         loader_config=loader_config,

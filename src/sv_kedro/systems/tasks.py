@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from sv_kedro.losses.l2sp import L2SPRegularizer
 from sv_kedro.losses.label_correction import correct_labels
 from sv_kedro.losses.loss_gate import GateSchedule, LossGate
 from sv_kedro.training.task import GatheredLosses, StepOutput, TrainState
+from sv_kedro.utils.params import as_float, as_int
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,30 @@ GATE_DEFAULTS: dict[str, Any] = {
     "dlg_min_separation": 2.0,
     "dlg_min_weight": 0.02,
 }
+
+
+def _checked_gate(config: dict[str, Any]) -> dict[str, Any]:
+    """The gate settings with their types and ranges checked, naming ``gate.<key>``."""
+    checked = dict(config)
+    if not isinstance(checked["enabled"], bool):
+        raise ValueError(f"gate.enabled must be true or false, got {checked['enabled']!r}")
+    for key in ("lgl_start_epoch", "dlg_start_epoch", "lc_start_epoch"):
+        if checked[key] is not None:  # null: that mechanism stays off
+            checked[key] = as_int(checked[key], f"gate.{key}")
+    checked["initial_threshold"] = as_float(checked["initial_threshold"], "gate.initial_threshold")
+    bounds = {
+        "lc_confidence": (0.0, 1.0),
+        "dlg_min_separation": (0.0, math.inf),
+        "dlg_min_weight": (0.0, 0.5),
+    }
+    for key, (low, high) in bounds.items():
+        checked[key] = as_float(checked[key], f"gate.{key}")
+        if not low <= checked[key] <= high:
+            raise ValueError(f"gate.{key} must be within [{low:g}, {high:g}], got {checked[key]}")
+    checked["lc_temperature"] = as_float(checked["lc_temperature"], "gate.lc_temperature")
+    if not checked["lc_temperature"] > 0:
+        raise ValueError(f"gate.lc_temperature must be > 0, got {checked['lc_temperature']}")
+    return checked
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -73,7 +99,7 @@ class SpeakerClassificationTask:
             raise ValueError(
                 f"loss gate: unknown key(s) {unknown}; allowed {sorted(GATE_DEFAULTS)}"
             )
-        self.gate_config = {**GATE_DEFAULTS, **(gate or {})}
+        self.gate_config = _checked_gate({**GATE_DEFAULTS, **(gate or {})})
         self.gate: LossGate | None = None
         self.schedule: GateSchedule | None = None
         if self.gate_config["enabled"]:
@@ -85,7 +111,9 @@ class SpeakerClassificationTask:
                 self.gate_config["dlg_start_epoch"],
                 self.gate_config["lc_start_epoch"],
             )
-        self.l2sp_weight = float(l2sp_weight)
+        self.l2sp_weight = as_float(l2sp_weight, "l2sp_weight")
+        if self.l2sp_weight < 0:
+            raise ValueError(f"l2sp_weight must be >= 0, got {self.l2sp_weight}")
         self.l2sp: L2SPRegularizer | None = None
         self._l2sp_reference: dict[str, Tensor] | None = None
         self.seed = int(seed)
@@ -259,5 +287,5 @@ def build_task(config: Mapping[str, Any]) -> SpeakerClassificationTask | PairBCE
     if loss.get("name") == "bce":
         return PairBCETask(loss)
     return SpeakerClassificationTask(
-        loss, config.get("gate"), float(config.get("l2sp_weight", 0.0)), int(config.get("seed", 0))
+        loss, config.get("gate"), config.get("l2sp_weight", 0.0), int(config.get("seed", 0))
     )

@@ -278,7 +278,7 @@ def _fine_tune(
             "work_dir": str(Path(run["work_dir"]) / stage / fingerprint),
             "resume": run.get("resume", True),
             "gate": config.get("gate") or {},
-            "l2sp_weight": float(config.get("l2sp_weight", 0.0)) if initial is not None else 0.0,
+            "l2sp_weight": config.get("l2sp_weight", 0.0) if initial is not None else 0.0,
         },
         run.get("distributed"),
         initial_weights=initial,
