@@ -127,3 +127,9 @@ def test_frozen_parameters_are_left_out_and_bad_decay_refused():
         build_param_groups(model, 1e-3, layer_decay=0.0)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         build_optimizer(groups, "lamb")
+
+
+def test_values_that_are_no_numbers_name_the_key():
+    with pytest.raises(ValueError, match=r"schedule.warmup_ratio must be a number, got 'abc'"):
+        ScheduleConfig.from_dict({"kind": "one_cycle", "warmup_ratio": "abc"})
+    assert ScheduleConfig.from_dict({"kind": "step_per_epoch", "gamma": "0.5"}).gamma == 0.5

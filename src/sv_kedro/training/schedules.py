@@ -27,6 +27,8 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from sv_kedro.utils.params import coerce_scalars
+
 SCHEDULE_KINDS = ("constant", "one_cycle", "tri_stage", "exp_decay", "step_per_epoch")
 
 
@@ -71,7 +73,7 @@ class ScheduleConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"schedule: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+        return cls(**coerce_scalars(cls, values, "schedule"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
