@@ -186,3 +186,61 @@ def test_cosine_backend_options_centre_on_the_cohort_and_drop_the_norm():
     np.testing.assert_array_equal(centred["fusion"], plain["fusion"])
     with pytest.raises(ValueError, match=r"scoring\.cosine: unknown key\(s\) \['whiten'\]"):
         scores({"whiten": True})
+
+
+def test_shipped_scoring_configs_are_valid():
+    import yaml
+
+    from sv_kedro.pipelines.evaluation.nodes import scoring_options
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    base = yaml.safe_load((conf / "base/parameters_evaluation.yml").read_text())["evaluation"]
+    paper = yaml.safe_load((conf / "voxceleb/parameters_evaluation.yml").read_text())["evaluation"]
+    assert scoring_options(base["scoring"]).main_backend == "fusion"
+    assert scoring_options({**base["scoring"], **paper["scoring"]}).lda_dim == 200
+    assert scoring_options(FAST_EVAL["evaluation"]["scoring"]).top_n == 3
+
+
+@pytest.mark.parametrize(
+    ("scoring", "message"),
+    [
+        ({"top_nn": 5}, r"evaluation\.scoring: unknown key\(s\) \['top_nn'\]"),
+        ({"top_n": "abc"}, r"evaluation\.scoring\.top_n must be an integer, got 'abc'"),
+        ({"lda_dim": "abc"}, r"evaluation\.scoring\.lda_dim must be an integer, got 'abc'"),
+        (
+            {"cohort_utts_per_speaker": "abc"},
+            r"evaluation\.scoring\.cohort_utts_per_speaker must be an integer, got 'abc'",
+        ),
+        ({"pair_batch_size": "abc"}, r"evaluation\.scoring\.pair_batch_size must be an integer"),
+        ({"lda_dim": -5}, r"evaluation\.scoring\.lda_dim must be >= 1 or null"),
+        ({"top_n": 0}, r"evaluation\.scoring\.top_n must be >= 1, got 0"),
+        (
+            {"cosine": {"length_norm": "nope"}},
+            r"evaluation\.scoring\.cosine\.length_norm must be true or false, got 'nope'",
+        ),
+        ({"main_backend": "fusoin"}, r"evaluation\.scoring\.main_backend: unknown 'fusoin'"),
+        (
+            {"main_backend": "fusion", "backends": ["cosine"]},
+            r"evaluation\.scoring\.main_backend: 'fusion' is not among the selected "
+            r"back-ends \['cosine'\]",
+        ),
+        ({"backends": "cosine"}, r"evaluation\.scoring\.backends must be a list"),
+    ],
+)
+def test_bad_scoring_parameters_fail_before_extraction_naming_the_key(scoring, message):
+    from sv_kedro.pipelines.evaluation.nodes import embed_cohort_utterances
+
+    # The check comes first: an empty checkpoint and manifest are never reached.
+    with pytest.raises(ValueError, match=message):
+        embed_cohort_utterances({}, pd.DataFrame(), {}, scoring)
+
+
+def test_comparison_keys_and_main_backend_are_checked():
+    from sv_kedro.pipelines.evaluation.nodes import compare_systems
+
+    with pytest.raises(
+        ValueError, match=r"evaluation\.comparison: unknown key\(s\) \['main_backnd'\]"
+    ):
+        compare_systems({"main_backnd": "cosine"})
+    with pytest.raises(ValueError, match=r"evaluation\.comparison\.main_backend: unknown 'fusoin'"):
+        compare_systems({"main_backend": "fusoin"})

@@ -123,3 +123,40 @@ def test_metric_selection_names_what_exists():
 def test_max_runs_below_one_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match=r"max_runs must be >= 1 .*got 0"):
         run_sweep(pooling_spec(output_root=str(tmp_path)), fake_project(tmp_path), max_runs=0)
+
+
+def test_shipped_sweeps_are_valid():
+    import yaml
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "base" / "parameters_sweeps.yml"
+    sweeps = yaml.safe_load(conf.read_text())["sweeps"]
+    specs = [SweepSpec.from_params(name, values) for name, values in sweeps.items()]
+    assert {spec.metric["backend"] for spec in specs} == {"fusion"}
+    assert all(spec.runs() for spec in specs)
+
+
+def test_metric_seeds_pipeline_and_system_are_checked_up_front():
+    with pytest.raises(ValueError, match=r"sweeps\.pooling\.metric: unknown key\(s\) \['backnd'\]"):
+        pooling_spec(metric={"trial_set": "test", "backnd": "cosine"})
+    with pytest.raises(ValueError, match=r"sweeps\.pooling\.metric\.backend: unknown 'cosin'"):
+        pooling_spec(metric={"trial_set": "test", "backend": "cosin"})
+    assert pooling_spec(metric={"backend": "pair"}).metric == {
+        "trial_set": "test",
+        "backend": "pair",
+    }
+    with pytest.raises(ValueError, match=r"sweeps\.pooling\.seeds is empty"):
+        pooling_spec(seeds=[])
+    with pytest.raises(
+        ValueError, match=r"sweeps\.pooling\.seeds\[1\] must be an integer, got 'abc'"
+    ):
+        pooling_spec(seeds=[0, "abc"])
+    assert pooling_spec(seeds=["3"]).seeds == [3]
+    with pytest.raises(ValueError, match=r"sweeps\.pooling\.system: 'xvectr' is not a system"):
+        pooling_spec(system="xvectr")
+    with pytest.raises(
+        ValueError, match=r"sweeps\.pooling\.pipeline: unknown 'supervised_trainin'"
+    ):
+        pooling_spec(pipeline="supervised_trainin")
+    # Another pipeline's namespaces are systems too (a stage of the self-supervised study).
+    ssl = pooling_spec(pipeline="ssl_pseudo_labeling", system="ssl_pseudo_labeling")
+    assert ssl.system == "ssl_pseudo_labeling"

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sv_kedro.training.launcher import SlurmConfig, _from_mapping
+from sv_kedro.utils.params import as_int, check_keys
 
 EXECUTORS = ("local", "slurm")
 ISOLATIONS = ("subprocess", "in_process")
@@ -51,6 +52,7 @@ SPEC_KEYS = (
     "slurm",
     "description",
 )
+METRIC_KEYS = ("trial_set", "backend")
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,7 @@ class SweepSpec:
         where = f"sweeps.{name}"
         if not isinstance(values, Mapping):
             raise ValueError(f"{where} must be a mapping, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(SPEC_KEYS))
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {list(SPEC_KEYS)}")
+        check_keys(values, SPEC_KEYS, where)
         if not values.get("system"):
             raise ValueError(f"{where}.system is required (the namespace to sweep)")
         grid = dict(values.get("grid") or {})
@@ -108,7 +108,13 @@ class SweepSpec:
             if not axis_values:
                 raise ValueError(f"{where}.grid.{axis} is empty")
         variants = {str(k): dict(v or {}) for k, v in (values.get("variants") or {}).items()}
-        seeds = [int(s) for s in (values.get("seeds") or [0])]
+        raw_seeds = values.get("seeds", [0])
+        if isinstance(raw_seeds, str) or not isinstance(raw_seeds, Sequence):
+            raise ValueError(f"{where}.seeds must be a list of integers, got {raw_seeds!r}")
+        # An empty list would otherwise run nothing, or silently fall back to seed 0.
+        if not raw_seeds:
+            raise ValueError(f"{where}.seeds is empty: give at least one seed")
+        seeds = [as_int(seed, f"{where}.seeds[{i}]") for i, seed in enumerate(raw_seeds)]
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{where}.seeds has duplicates: {seeds}")
         spec = cls(
@@ -120,7 +126,7 @@ class SweepSpec:
             seeds=seeds,
             seed_key=str(values.get("seed_key", "training.seed")),
             params=dict(values.get("params") or {}),
-            metric={"trial_set": "test", "backend": "fusion", **(values.get("metric") or {})},
+            metric=_metric(values.get("metric"), f"{where}.metric"),
             executor=str(values.get("executor", "local")),
             isolation=str(values.get("isolation", "subprocess")),
             output_root=str(values.get("output_root", "data/09_sweeps")),
@@ -132,6 +138,7 @@ class SweepSpec:
             raise ValueError(f"{where}.executor: {spec.executor!r} is not one of {EXECUTORS}")
         if spec.isolation not in ISOLATIONS:
             raise ValueError(f"{where}.isolation: {spec.isolation!r} is not one of {ISOLATIONS}")
+        _check_pipeline_and_system(spec.pipeline, spec.system, where)
         return spec
 
     def points(self) -> list[tuple[str, dict[str, Any]]]:
@@ -167,6 +174,51 @@ class SweepSpec:
         if len(set(ids)) != len(ids):
             raise ValueError(f"sweeps.{self.name}: two grid points map to the same run folder")
         return runs
+
+
+def _metric(values: Any, where: str) -> dict[str, str]:
+    """``metric`` checked: a misspelt ``backnd`` would select the default back-end.
+
+    The back-end is checked against evaluation's; the trial set is not: the names of the
+    extra trial lists are file names in ``trial_lists``, known only when a run loads them.
+    """
+    from sv_kedro.pipelines.evaluation.nodes import BACKENDS, PAIR_BACKEND
+
+    values = values or {}
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {values!r}")
+    check_keys(values, METRIC_KEYS, where)
+    metric = {"trial_set": "test", "backend": "fusion", **values}
+    known = (*BACKENDS, PAIR_BACKEND)
+    if metric["backend"] not in known:
+        raise ValueError(f"{where}.backend: unknown {metric['backend']!r}; choose from {known}")
+    if not isinstance(metric["trial_set"], str) or not metric["trial_set"]:
+        raise ValueError(f"{where}.trial_set must be a trial set name, got {metric['trial_set']!r}")
+    return {key: str(value) for key, value in metric.items()}
+
+
+def _check_pipeline_and_system(pipeline_name: str, system: str, where: str) -> None:
+    """Refuse a pipeline the project does not register, or a system that is no namespace
+    of it: ``--dry-run`` would accept either and then every run would fail.
+
+    The registry is called directly (building the pipelines takes a fraction of a second),
+    as ``kedro.framework.project.pipelines`` is empty until a project is bootstrapped.
+    """
+    from sv_kedro.pipeline_registry import register_pipelines
+
+    registered = register_pipelines()
+    if pipeline_name not in registered:
+        raise ValueError(
+            f"{where}.pipeline: unknown {pipeline_name!r}; registered {sorted(registered)}"
+        )
+    # A run is `kedro run --namespaces <system>`: nodes under that namespace must exist.
+    namespaces = {node.namespace for node in registered[pipeline_name].nodes if node.namespace}
+    if not any(ns == system or ns.startswith(f"{system}.") for ns in namespaces):
+        known = sorted({ns.split(".")[0] for ns in namespaces})
+        raise ValueError(
+            f"{where}.system: {system!r} is not a system of pipeline {pipeline_name!r}; "
+            f"known {known}"
+        )
 
 
 def _label(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,82 @@ from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.pair_scoring import score_pairs_batched
 from sv_kedro.scoring.plda import lda_plda_pipeline_fit, plda_scores
 from sv_kedro.scoring.plots import det_curve_figure, score_histogram_figure
+from sv_kedro.utils.params import as_int, check_keys, coerce_scalars
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("cosine", "cosine_crops", "fusion", "asnorm", "plda")
 PAIR_BACKEND = "pair"
 PAIRED_ARCHITECTURE = "ssl_paired"
-COSINE_DEFAULTS: dict[str, bool] = {"mean_centre": False, "length_norm": True}
+SCORING = "evaluation.scoring"
+COMPARISON_KEYS = ("main_backend",)
+
+
+@dataclass(frozen=True)
+class CosineOptions:
+    """``evaluation.scoring.cosine``: options of the ``cosine`` back-end only."""
+
+    mean_centre: bool = False
+    length_norm: bool = True
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """``evaluation.scoring``, checked: the fields are every key the nodes read, so a
+    misspelt key (``top_nn``) is refused instead of silently scoring with the default."""
+
+    backends: tuple[str, ...] = BACKENDS
+    main_backend: str = "fusion"
+    cosine: CosineOptions = field(default_factory=CosineOptions)
+    top_n: int = 300
+    cohort_utts_per_speaker: int = 20
+    cohort_shard_dir: str | None = None
+    lda_dim: int | None = None
+    pair_max_seconds: float = 20.0
+    pair_batch_size: int = 32
+
+
+def scoring_options(scoring: Mapping[str, Any] | None) -> ScoringOptions:
+    """``evaluation.scoring`` checked; a bad key or value raises naming its key path."""
+    values = dict(scoring or {})
+    check_keys(values, [f.name for f in fields(ScoringOptions)], SCORING)
+    values = coerce_scalars(ScoringOptions, values, SCORING)
+    backends = values.get("backends", BACKENDS)
+    # A bare string would be split into letters: refuse it rather than list 'c', 'o', ...
+    if isinstance(backends, str) or not isinstance(backends, (list, tuple)):
+        raise ValueError(f"{SCORING}.backends must be a list of back-ends, got {backends!r}")
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise ValueError(f"{SCORING}.backends: unknown {unknown}; choose from {BACKENDS}")
+    values["backends"] = tuple(backends)
+    main = values.get("main_backend", ScoringOptions.main_backend)
+    # pair is not offered: a paired checkpoint makes it the main back-end by itself, and
+    # for any other checkpoint there would be no such scores.
+    if main not in BACKENDS:
+        raise ValueError(f"{SCORING}.main_backend: unknown {main!r}; choose from {list(BACKENDS)}")
+    # The main back-end's scores feed the histogram, so it must be one that is computed.
+    if main not in backends:
+        raise ValueError(
+            f"{SCORING}.main_backend: {main!r} is not among the selected back-ends "
+            f"{list(backends)} ({SCORING}.backends)"
+        )
+    for key in ("top_n", "cohort_utts_per_speaker", "pair_batch_size"):
+        # coerce_scalars passes None through, but these have no "none" meaning.
+        count = as_int(values.get(key, getattr(ScoringOptions, key)), f"{SCORING}.{key}")
+        if count < 1:
+            raise ValueError(f"{SCORING}.{key} must be >= 1, got {count}")
+    lda_dim = values.get("lda_dim")
+    if lda_dim is not None and lda_dim < 1:
+        raise ValueError(f"{SCORING}.lda_dim must be >= 1 or null (no LDA), got {lda_dim}")
+    seconds = values.get("pair_max_seconds", ScoringOptions.pair_max_seconds)
+    if seconds is None or seconds <= 0:
+        raise ValueError(f"{SCORING}.pair_max_seconds must be > 0, got {seconds!r}")
+    cosine = values.get("cosine") or {}
+    if not isinstance(cosine, Mapping):
+        raise ValueError(f"{SCORING}.cosine must be a mapping, got {cosine!r}")
+    check_keys(cosine, [f.name for f in fields(CosineOptions)], f"{SCORING}.cosine")
+    values["cosine"] = CosineOptions(**coerce_scalars(CosineOptions, cosine, f"{SCORING}.cosine"))
+    return ScoringOptions(**values)
 
 
 def embed_test_utterances(
@@ -53,19 +123,21 @@ def embed_cohort_utterances(
     (``data_engineering.shards``) instead of its files. The cohort is a part of that
     manifest, so the whole manifest is checked against the shards here.
     """
-    per_speaker = int(scoring.get("cohort_utts_per_speaker", 20))
+    # Checked here, before the cohort's extraction, not after it in the scoring node.
+    options = scoring_options(scoring)
+    per_speaker = options.cohort_utts_per_speaker
     subset = (
         train_manifest.sort_values("utt_id")
         .groupby("speaker", sort=True, group_keys=False)
         .head(per_speaker)
         .reset_index(drop=True)
     )
-    options = {**extraction, "n_crops": 0}
-    shard_dir = scoring.get("cohort_shard_dir")
+    settings = {**extraction, "n_crops": 0}
+    shard_dir = options.cohort_shard_dir
     if shard_dir:
         check_shards_hold(train_manifest, shard_dir)
-        options["shard_dir"] = str(shard_dir)
-    return extract_from_checkpoint(checkpoint, subset, options, "evaluation.extraction").full
+        settings["shard_dir"] = str(shard_dir)
+    return extract_from_checkpoint(checkpoint, subset, settings, "evaluation.extraction").full
 
 
 def _trial_sets(
@@ -85,15 +157,12 @@ def _backend_scores(
     crops: EmbeddingTable,
     cohort: EmbeddingTable,
     train_manifest: pd.DataFrame,
-    scoring: Mapping[str, Any],
+    options: ScoringOptions,
 ) -> dict[str, np.ndarray]:
-    wanted = list(scoring.get("backends", BACKENDS))
-    unknown = sorted(set(wanted) - set(BACKENDS))
-    if unknown:
-        raise ValueError(f"evaluation.scoring.backends: unknown {unknown}; choose from {BACKENDS}")
+    wanted = list(options.backends)
     plain = cosine_scores(full, trials)
     scores: dict[str, np.ndarray] = {
-        "cosine": _cosine_backend(full, trials, cohort, scoring, plain)
+        "cosine": _cosine_backend(full, trials, cohort, options.cosine, plain)
     }
     enrol, test = trial_rows(crops, trials)
     # Crop vectors are means of unit vectors: their dot product is the mean crop-pair cosine.
@@ -105,14 +174,14 @@ def _backend_scores(
         cohort_vectors = speaker_cohort(cohort, speakers)
         fused_table = _fused_table(full, crops)
         scores["asnorm"] = as_norm_scores(
-            scores["fusion"], fused_table, trials, cohort_vectors, int(scoring.get("top_n", 300))
+            scores["fusion"], fused_table, trials, cohort_vectors, options.top_n
         )
     if "plda" in wanted:
         labels = speakers.reindex(cohort.keys_).to_numpy()
-        lda_dim = scoring.get("lda_dim")
+        lda_dim = options.lda_dim
         n_speakers = len(pd.unique(labels))
         if lda_dim:
-            lda_dim = min(int(lda_dim), n_speakers - 1, full.dim)
+            lda_dim = min(lda_dim, n_speakers - 1, full.dim)
         lda, plda = lda_plda_pipeline_fit(np.asarray(cohort.vectors), labels, lda_dim)
         scores["plda"] = plda_scores(full, trials, lda, plda)
     return {name: scores[name] for name in wanted}
@@ -122,27 +191,18 @@ def _cosine_backend(
     full: EmbeddingTable,
     trials: pd.DataFrame,
     cohort: EmbeddingTable,
-    scoring: Mapping[str, Any],
+    options: CosineOptions,
     plain: np.ndarray,
 ) -> np.ndarray:
     """The ``cosine`` back-end with ``scoring.cosine``'s options: ``mean_centre`` subtracts
     the mean of the cohort (training) embeddings first; ``length_norm: false`` scores the
     plain dot product. ``plain`` is the default (uncentred cosine), already computed."""
-    options = dict(scoring.get("cosine") or {})
-    unknown = sorted(set(options) - set(COSINE_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"evaluation.scoring.cosine: unknown key(s) {unknown}; allowed {list(COSINE_DEFAULTS)}"
-        )
-    options = {**COSINE_DEFAULTS, **options}
-    if not options["mean_centre"] and options["length_norm"]:
+    if not options.mean_centre and options.length_norm:
         return plain
     mean = (
-        np.asarray(cohort.vectors, dtype=np.float64).mean(axis=0)
-        if options["mean_centre"]
-        else None
+        np.asarray(cohort.vectors, dtype=np.float64).mean(axis=0) if options.mean_centre else None
     )
-    return cosine_scores(full, trials, mean=mean, length_norm=bool(options["length_norm"]))
+    return cosine_scores(full, trials, mean=mean, length_norm=options.length_norm)
 
 
 def _fused_table(full: EmbeddingTable, crops: EmbeddingTable) -> EmbeddingTable:
@@ -169,6 +229,7 @@ def score_trial_sets(
     ``scoring.pair_max_seconds``), which is then its main back-end; its cosine back-ends
     only use the mean-frame vectors the BCE objective never trained.
     """
+    options = scoring_options(scoring)
     rows = []
     metrics: dict[str, Any] = {}
     pair_model = None
@@ -186,7 +247,7 @@ def score_trial_sets(
             test_crop_embeddings,
             cohort_embeddings,
             train_manifest,
-            scoring,
+            options,
         )
         frame = pd.DataFrame(
             {
@@ -201,15 +262,15 @@ def score_trial_sets(
                 pair_model,
                 test_manifest,
                 trials,
-                scoring.get("pair_max_seconds", 20.0),
-                int(scoring.get("pair_batch_size", 32)),
+                options.pair_max_seconds,
+                options.pair_batch_size,
             )
         for backend, values in by_backend.items():
             frame[backend] = values
             metrics.setdefault(set_name, {})[backend] = verification_metrics(values, labels)
         rows.append(frame)
     scores = pd.concat(rows, ignore_index=True)
-    main_backend = PAIR_BACKEND if pair_model is not None else scoring.get("main_backend", "fusion")
+    main_backend = PAIR_BACKEND if pair_model is not None else options.main_backend
     main = scores[scores.trial_set == "test"]
     figure = score_histogram_figure(
         main[main_backend].to_numpy(), main["label"].to_numpy(), title=f"{main_backend} scores"
@@ -225,7 +286,16 @@ def compare_systems(
     ``system_outputs`` holds ``<system>__metrics`` (dicts) and ``<system>__scores``
     (DataFrames) for every evaluated system.
     """
+    comparison = dict(comparison or {})
+    check_keys(comparison, COMPARISON_KEYS, "evaluation.comparison")
     main_backend = comparison.get("main_backend", "fusion")
+    # Every system is scored by its own back-ends (and a paired one by pair), so the
+    # name is checked against all of them rather than one system's selection.
+    if main_backend not in (*BACKENDS, PAIR_BACKEND):
+        raise ValueError(
+            f"evaluation.comparison.main_backend: unknown {main_backend!r}; "
+            f"choose from {[*BACKENDS, PAIR_BACKEND]}"
+        )
     rows = []
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     systems = sorted({key.rsplit("__", 1)[0] for key in system_outputs})
