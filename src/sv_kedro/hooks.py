@@ -46,23 +46,27 @@ class ParamsError(ValueError):
 
 
 class ParamsTypoHook:
-    """Refuses ``--params`` keys that resemble a configured key but are not one."""
+    """Refuses ``--params`` keys that resemble a configured key but are not one, then
+    checks the ``ssl_pseudo_labeling`` section's keys (one hook, so that a typo is always
+    reported with the key it resembles, whatever order pluggy calls hooks in)."""
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
         loader = context.config_loader
         overrides = dict(getattr(loader, "runtime_params", None) or {})
-        if not overrides:
-            return
-        # The configuration without the overrides: the same loader, runtime_params emptied.
-        configured = copy.copy(loader)
-        configured.runtime_params = {}
-        typos = misspelt_keys(overrides, configured["parameters"])
-        if typos:
-            listed = "; ".join(f"{given} (did you mean {meant}?)" for given, meant in typos)
-            raise ParamsError(
-                f"--params: key(s) not in the {loader.env or 'base'} configuration: {listed}"
-            )
+        if overrides:
+            # The configuration without the overrides: the same loader, runtime_params emptied.
+            configured = copy.copy(loader)
+            configured.runtime_params = {}
+            typos = misspelt_keys(overrides, configured["parameters"])
+            if typos:
+                listed = "; ".join(f"{given} (did you mean {meant}?)" for given, meant in typos)
+                raise ParamsError(
+                    f"--params: key(s) not in the {loader.env or 'base'} configuration: {listed}"
+                )
+        section = loader["parameters"].get(NAMESPACE)
+        if isinstance(section, Mapping):
+            check_section(section)
 
 
 class PipelineShapeHook:
@@ -73,7 +77,6 @@ class PipelineShapeHook:
         section = context.config_loader["parameters"].get(NAMESPACE) or {}
         rounds = DEFAULT_ITERATIONS
         if isinstance(section, Mapping):
-            check_section(section)
             rounds = section.get("n_iterations", DEFAULT_ITERATIONS)
         if ssl_pseudo_labeling.configure_iterations(rounds):
             log.info(

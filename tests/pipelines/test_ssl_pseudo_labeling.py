@@ -119,11 +119,11 @@ def test_n_iterations_parameter_shapes_the_registered_pipelines(kedro_project: P
     ("section", "message"),
     [
         ({"rounds": 3}, r"ssl_pseudo_labeling: unknown key\(s\) \['rounds'\]"),
-        ({"run": {"resme": False}}, r"ssl_pseudo_labeling.run: unknown key\(s\) \['resme'\]"),
-        ({"dino": {"exprt": "teacher"}}, r"ssl_pseudo_labeling.dino: unknown key"),
+        ({"run": {"restart": False}}, r"ssl_pseudo_labeling.run: unknown key\(s\) \['restart'\]"),
+        ({"dino": {"network": "teacher"}}, r"ssl_pseudo_labeling.dino: unknown key"),
         ({"dino": {"export": "studnet"}}, r"dino.export must be one of \('teacher', 'student'\)"),
         ({"finetune": {"l2sp": 0.1}}, r"ssl_pseudo_labeling.finetune: unknown key\(s\) \['l2sp'\]"),
-        ({"lmft": {"clasifier_start": "fresh"}}, r"ssl_pseudo_labeling.lmft: unknown key"),
+        ({"lmft": {"head_start": "fresh"}}, r"ssl_pseudo_labeling.lmft: unknown key"),
     ],
 )
 def test_the_section_refuses_misspelt_keys_when_the_session_starts(
