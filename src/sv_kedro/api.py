@@ -14,7 +14,6 @@ Errors name the file (or ``waveform`` for an array).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.audio.io import AudioDecodeError
+from sv_kedro.corpus.audio_levels import level_db
 from sv_kedro.corpus.validation import ValidationPolicy
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.embedding_table import EmbeddingError
@@ -183,8 +183,7 @@ def _check_usable(wave: np.ndarray, sample_rate: int, where: str, policy: Valida
         raise AudioDecodeError(f"{where}: too short ({duration:.3f} s < {policy.min_duration:g} s)")
     # The pipeline measures the raw file over all channels; here the level of what the
     # model is fed (mono, 16 kHz) decides, as a downmix can cancel out.
-    mean_square = float(np.mean(np.square(wave, dtype=np.float64)))
-    level = 10.0 * math.log10(mean_square) if mean_square > 0 else float("-inf")
+    level = level_db([wave], where)
     if level < policy.silence_rms_db:
         raise AudioDecodeError(
             f"{where}: silent (RMS {level:.1f} dBFS < {policy.silence_rms_db:g} dBFS)"

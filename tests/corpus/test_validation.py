@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sv_kedro.corpus.audio_levels import rms_dbfs
 from sv_kedro.corpus.folder_source import scan_folder_roots
-from sv_kedro.corpus.validation import ValidationPolicy, rms_dbfs, validate_manifest
+from sv_kedro.corpus.validation import ValidationPolicy, validate_manifest
 
 
 def _write(path: Path, wave: np.ndarray, rate: int) -> None:

@@ -32,10 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 
 from sv_kedro.audio.io import (
-    PYAV_SUFFIXES,
     AudioDecodeError,
     audio_info,
     read_audio,
@@ -43,6 +41,7 @@ from sv_kedro.audio.io import (
     to_mono,
     write_audio,
 )
+from sv_kedro.corpus.audio_levels import count_non_finite, level_db, non_finite_samples, rms_dbfs
 from sv_kedro.corpus.manifest import MANIFEST_COLUMNS, parallel_map
 from sv_kedro.utils.params import check_keys, coerce_scalars
 
@@ -59,9 +58,6 @@ REASONS = (
     "multichannel",
     "sample_rate",
 )
-# Integer PCM, FLAC and compressed audio cannot encode NaN or inf; float PCM can.
-_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
-_SCAN_BLOCK_FRAMES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -150,64 +146,6 @@ class _Outcome:
     reused: bool = False
 
 
-def _level_db(pieces: list[np.ndarray], path: str) -> float:
-    total = sum(float(np.square(piece, dtype=np.float64).sum()) for piece in pieces)
-    count = sum(piece.size for piece in pieces)
-    if count == 0:
-        raise AudioDecodeError(f"{path}: decoded no samples")
-    mean_square = total / count
-    if mean_square == 0:
-        return float("-inf")
-    # NaN samples give NaN (never -inf, which would read as digital silence).
-    return float(10.0 * np.log10(mean_square))
-
-
-def _count_non_finite(pieces: list[np.ndarray]) -> tuple[int, int]:
-    """``(NaN samples, infinite samples)`` in ``pieces``."""
-    return (
-        sum(int(np.isnan(piece).sum()) for piece in pieces),
-        sum(int(np.isinf(piece).sum()) for piece in pieces),
-    )
-
-
-def non_finite_samples(path: str) -> tuple[int, int]:
-    """``(NaN samples, infinite samples)`` of a float-PCM file, read block by block;
-    ``(0, 0)`` without reading the samples for formats that cannot hold either.
-
-    Samples are read as float32, as the pipelines read them, so a float64 value beyond
-    float32's range counts as infinite.
-    """
-    if Path(path).suffix.lower() in PYAV_SUFFIXES:
-        return 0, 0
-    try:
-        with sf.SoundFile(path) as handle:
-            if handle.subtype not in _FLOAT_SUBTYPES:
-                return 0, 0
-            nan = inf = 0
-            for block in handle.blocks(blocksize=_SCAN_BLOCK_FRAMES, dtype="float32"):
-                block_nan, block_inf = _count_non_finite([block])
-                nan, inf = nan + block_nan, inf + block_inf
-    except sf.LibsndfileError as exc:
-        raise AudioDecodeError(f"{path}: cannot decode audio ({exc})") from exc
-    return nan, inf
-
-
-def rms_dbfs(
-    path: str, num_frames: int, sample_rate: int, blocks: int, block_seconds: float
-) -> float:
-    """RMS level in dBFS over all channels, from at most ``blocks`` evenly spaced blocks.
-
-    Returns ``-inf`` for digital silence, NaN or ``inf`` when the blocks hold NaN or
-    infinite samples. Files shorter than the blocks together are
-    read whole.
-    """
-    block = max(1, round(block_seconds * sample_rate))
-    if num_frames <= blocks * block:
-        return _level_db([read_audio(path)[0]], path)
-    offsets = np.linspace(0, num_frames - block, blocks).astype(np.int64)
-    return _level_db([read_audio(path, offset=int(o), frames=block)[0] for o in offsets], path)
-
-
 def _reusable_copy(target: str, source: str, target_rate: int) -> int | None:
     """Frames of a copy left by an earlier run, if it is newer than its source and in the
     target format (mono at ``target_rate``); ``None`` when it must be (re)written."""
@@ -232,8 +170,8 @@ def _inspect(task: _Task) -> _Outcome:
         if needs_copy:
             # The whole file is needed for the copy anyway: measure the level on it.
             wave, rate = read_audio(task.path)
-            nan, inf = _count_non_finite([wave])
-            level = _level_db([wave], task.path)
+            nan, inf = count_non_finite([wave])
+            level = level_db([wave], task.path)
         else:
             nan, inf = non_finite_samples(task.path)
             level = rms_dbfs(
