@@ -226,6 +226,12 @@ def generate_trials(
     return trials
 
 
+def trial_utterances(trials: pd.DataFrame) -> np.ndarray:
+    """The distinct utt_ids a trial list names (enrolment and test), as strings, in order
+    of first appearance."""
+    return pd.unique(pd.concat([trials["enrol"], trials["test"]]).astype(str))
+
+
 def check_trials_against_manifest(trials: pd.DataFrame, manifest: pd.DataFrame, name: str) -> None:
     """Raise when a trial references an utterance that is not in the manifest.
 
@@ -233,7 +239,7 @@ def check_trials_against_manifest(trials: pd.DataFrame, manifest: pd.DataFrame, 
     """
     _require_columns(trials, ["enrol", "test"], f"trial list {name!r}")
     _require_columns(manifest, ["utt_id"], "manifest")
-    referenced = pd.unique(pd.concat([trials["enrol"], trials["test"]]).astype(str))
+    referenced = trial_utterances(trials)
     known = set(manifest["utt_id"].astype(str))
     missing = sorted(u for u in referenced if u not in known)
     if missing:
@@ -272,5 +278,5 @@ def trial_counts(trials: pd.DataFrame) -> dict[str, int]:
         "trials": len(trials),
         "targets": int((labels == 1).sum()),
         "nontargets": int((labels == 0).sum()),
-        "utterances": len(pd.unique(pd.concat([trials["enrol"], trials["test"]]))),
+        "utterances": len(trial_utterances(trials)),
     }

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from sv_kedro.corpus.trials import trial_utterances
 from sv_kedro.scoring.cosine import cosine_scores
 from sv_kedro.scoring.extraction import ExtractionConfig, extract_embeddings
 from sv_kedro.scoring.metrics import verification_metrics
@@ -30,8 +31,7 @@ def validation_metrics(
     if hasattr(model, "score_pairs"):
         scores = score_pairs_batched(model, manifest, trials, max_seconds)
     else:
-        needed = set(trials["enrol"].astype(str)) | set(trials["test"].astype(str))
-        subset = manifest[manifest["utt_id"].astype(str).isin(needed)]
+        subset = manifest[manifest["utt_id"].astype(str).isin(trial_utterances(trials))]
         device = str(next(model.parameters()).device)
         config = ExtractionConfig(n_crops=0, max_seconds=max_seconds, device=device)
         table = extract_embeddings(model, subset, config, progress=False).full

@@ -17,7 +17,11 @@ from typing import Any
 import pandas as pd
 
 from sv_kedro.corpus.folder_source import scan_folder_roots
-from sv_kedro.corpus.trials import check_trials_against_manifest, generate_trials
+from sv_kedro.corpus.trials import (
+    check_trials_against_manifest,
+    generate_trials,
+    trial_utterances,
+)
 from sv_kedro.corpus.validation import ValidationPolicy, validate_manifest
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
 from sv_kedro.scoring.embedding_table import EmbeddingTable
@@ -126,7 +130,7 @@ def _check_labels(trials: pd.DataFrame, name: str) -> None:
 def _check_trial_utterances(
     trials: pd.DataFrame, manifest: pd.DataFrame, quality_report: pd.DataFrame, name: str
 ) -> None:
-    named = pd.unique(pd.concat([trials["enrol"], trials["test"]]).astype(str))
+    named = trial_utterances(trials)
     excluded = quality_report[quality_report["action"].astype(str) == "excluded"]
     reasons = {
         str(row.utt_id): f"{row.reason}: {row.detail}" for row in excluded.itertuples(index=False)
@@ -167,7 +171,7 @@ def judged_embeddings(
 
 
 def _check_covers_trials(table: EmbeddingTable, trials: pd.DataFrame, name: str) -> None:
-    named = pd.unique(pd.concat([trials["enrol"], trials["test"]]).astype(str))
+    named = trial_utterances(trials)
     missing = named[table.positions(named) < 0]
     if len(missing):
         raise JudgeError(
@@ -182,8 +186,7 @@ def score_judged_trials(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Cosine (and, with crops, crop and fused) scores; EER and both minDCFs for each."""
     full, crops = embeddings
-    for_trials = set(trials["enrol"].astype(str)) | set(trials["test"].astype(str))
-    full.subset(sorted(for_trials)).check_usable()
+    full.subset(sorted(trial_utterances(trials))).check_usable()
     labels = trials["label"].to_numpy(dtype=int)
     scores = {"cosine": cosine_scores(full, trials)}
     if crops is not None:
