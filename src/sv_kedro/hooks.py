@@ -1,8 +1,9 @@
 """Hooks that check the session's ``--params`` and shape the pipelines from its parameters.
 
-:class:`ParamsTypoHook` refuses a ``--params`` key that the configuration lacks but nearly
-has (``ssl_pseudo_labeling.n_iteration``): a misspelt override would otherwise set a key
-no node reads, and the run would go ahead with the value it meant to change.
+:class:`ParameterCheckHook` refuses a ``--params`` key that the configuration lacks but
+nearly has (``ssl_pseudo_labeling.n_iteration``): a misspelt override would otherwise set a
+key no node reads, and the run would go ahead with the value it meant to change. It then
+checks the keys of the ``ssl_pseudo_labeling`` section, whose nodes each read only a part.
 
 Kedro registers pipelines from code, before any node sees a parameter; the number of
 self-supervised rounds (``ssl_pseudo_labeling.n_iterations``) decides how many namespaced
@@ -45,7 +46,7 @@ class ParamsError(ValueError):
     """A ``--params`` override that cannot be what was meant."""
 
 
-class ParamsTypoHook:
+class ParameterCheckHook:
     """Refuses ``--params`` keys that resemble a configured key but are not one, then
     checks the ``ssl_pseudo_labeling`` section's keys (one hook, so that a typo is always
     reported with the key it resembles, whatever order pluggy calls hooks in)."""

@@ -19,14 +19,14 @@ CONFIG_LOADER_ARGS = {
 # only where asked for (the `mlflow` environment), not in every run and test.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
-# ParamsTypoHook: a --params key that resembles a configured key but is not one (a typo),
+# ParameterCheckHook: a --params key that resembles a configured key but is not one (a typo),
 # or an unknown key in the ssl_pseudo_labeling section, stops the run before anything is
 # read; see sv_kedro/hooks.py.
 # PipelineShapeHook: the number of self-supervised rounds is a parameter
 # (ssl_pseudo_labeling.n_iterations) that decides which pipelines exist; see sv_kedro/hooks.py.
 # SpeakerVerificationMlflowHook wraps kedro-mlflow's and is on only where an mlflow.yml is
 # configured (conf/mlflow: `kedro run --env mlflow`); see sv_kedro/tracking.py.
-from sv_kedro.hooks import ParamsTypoHook, PipelineShapeHook  # noqa: E402
+from sv_kedro.hooks import ParameterCheckHook, PipelineShapeHook  # noqa: E402
 from sv_kedro.tracking import SpeakerVerificationMlflowHook  # noqa: E402
 
-HOOKS = (ParamsTypoHook(), PipelineShapeHook(), SpeakerVerificationMlflowHook())
+HOOKS = (ParameterCheckHook(), PipelineShapeHook(), SpeakerVerificationMlflowHook())
