@@ -179,3 +179,21 @@ def test_unknown_or_unavailable_device_is_named(saved_model, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"device 'cuda' but CUDA is not available here"):
         load_speaker_model(path, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_checkpoint_loaded_on_cuda_embeds_and_scores_like_on_cpu(saved_model, tmp_path):
+    _, path = saved_model
+    on_gpu, on_cpu = load_speaker_model(path, device="cuda"), load_speaker_model(path)
+    assert next(on_gpu.parameters()).device.type == "cuda"
+    audio_a, audio_b = tmp_path / "a.wav", tmp_path / "b.wav"
+    write_audio(audio_a, _tone(2.5, 11), 16000)
+    write_audio(audio_b, _tone(1.7, 12), 16000)
+    gpu_vector = embed_file(on_gpu, audio_a, n_crops=3, crop_seconds=1.0)
+    cpu_vector = embed_file(on_cpu, audio_a, n_crops=3, crop_seconds=1.0)
+    assert gpu_vector.dtype == np.float32
+    # Fused vectors are means of unit vectors; cuDNN's TF32 convolutions stay within 1e-3.
+    np.testing.assert_allclose(gpu_vector, cpu_vector, atol=1e-3)
+    gpu_score = score_files(on_gpu, audio_a, audio_b, n_crops=3, crop_seconds=1.0)
+    cpu_score = score_files(on_cpu, audio_a, audio_b, n_crops=3, crop_seconds=1.0)
+    assert gpu_score == pytest.approx(cpu_score, abs=1e-3)

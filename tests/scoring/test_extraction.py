@@ -299,3 +299,40 @@ def test_a_device_that_is_not_here_is_refused_when_used(manifest, model, monkeyp
     # ...embedding on it here is not.
     with pytest.raises(ValueError, match=r"extraction\.device 'cuda' but CUDA is not available"):
         extract_embeddings(model, manifest, config, progress=False)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("exact_fp32", [True, False], ids=["fp32", "tf32-default"])
+def test_batched_extraction_on_cuda_equals_one_by_one_and_cpu(manifest, model, exact_fp32):
+    # cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later: batched and
+    # single forwards then agree only to TF32 precision, not fp32's.
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not exact_fp32
+    try:
+        batched_cfg = ExtractionConfig(
+            n_crops=3, crop_seconds=0.5, max_batch_seconds=10.0, device="cuda"
+        )
+        batched = extract_embeddings(model, manifest, batched_cfg, progress=False)
+        single_cfg = replace(batched_cfg, max_batch_seconds=None, max_batch_size=1)
+        single = extract_embeddings(model, manifest, single_cfg, progress=False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
+    on_cpu = extract_embeddings(
+        model.cpu(), manifest, replace(batched_cfg, device="cpu"), progress=False
+    )
+    pairs = [
+        (batched.full.vectors, single.full.vectors),
+        (batched.crops.vectors, single.crops.vectors),
+        (batched.full.vectors, on_cpu.full.vectors),
+        (batched.crops.vectors, on_cpu.crops.vectors),
+    ]
+    for got, expected in pairs:
+        if exact_fp32:
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+        else:
+            cosines = (got * expected).sum(1) / np.linalg.norm(got, axis=1)
+            cosines /= np.linalg.norm(expected, axis=1)
+            assert cosines.min() > 0.9999, cosines

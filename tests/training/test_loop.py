@@ -233,3 +233,23 @@ def test_bf16_autocast_and_grad_clip_train_on_cpu(tmp_path):
     rows = result.metrics[result.metrics["kind"] == "train"]
     assert rows["grad_norm"].notna().all()
     assert rows["loss"].map(math.isfinite).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_on_cuda_resumes_exactly_with_its_grad_scaler(tmp_path):
+    # fp16 keeps a GradScaler (CUDA only); its scale must survive a resume, or the resumed
+    # run skips or scales steps the straight run did not. Dropout draws from the CUDA RNG,
+    # which the checkpoint also carries.
+    factory = ShuffledLoaderFactory(make_dataset(), batch_size=8)
+    cfg = config(precision="fp16", checkpoint_every_steps=2)
+    straight = train(make_model(), GateTask(), factory, cfg, tmp_path / "straight")
+    assert next(straight.model.parameters()).device.type == "cuda"
+
+    with pytest.raises(RuntimeError, match="simulated preemption at step 9"):
+        train(make_model(), GateTask(fail_at_step=9), factory, cfg, tmp_path / "crash")
+    saved = load_checkpoint(tmp_path / "crash" / "last.pt")["training_state"]
+    assert saved["grad_scaler"]["scale"] > 0
+    resumed = train(make_model(), GateTask(), factory, cfg, tmp_path / "crash")
+    assert_same_weights(straight.model, resumed.model)
+    rows = resumed.metrics[resumed.metrics["kind"] == "train"]
+    assert rows["loss"].map(math.isfinite).all()
