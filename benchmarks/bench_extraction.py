@@ -5,6 +5,7 @@
     python benchmarks/bench_extraction.py --crops 5      # full + 5 x 4 s crops (the default)
     python benchmarks/bench_extraction.py --device cuda  # where a GPU is present
     python benchmarks/bench_extraction.py --repeats 3    # medians of 3 turns per side
+    python benchmarks/bench_extraction.py --device cuda --no-tf32  # fp32 convolutions on the GPU
 
 Both sides embed the same utterances (2-8 s by default) with the same model. Ours is
 ``extract_embeddings``: length buckets with padding masks, each distinct crop embedded once.
@@ -113,13 +114,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=1, help="turns per side (medians)")
     parser.add_argument(
+        "--no-tf32",
+        action="store_true",
+        help="fp32 cuDNN convolutions and matmuls (PyTorch's default convolutions use TF32)",
+    )
+    parser.add_argument(
         "--seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX")
     )
     args = parser.parse_args()
     low, high = args.seconds
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     print(
         f"torch threads: {torch.get_num_threads()}, device {args.device}, "
-        f"{args.utterances} utterances of {low}-{high} s, {args.crops} crops"
+        f"{args.utterances} utterances of {low}-{high} s, {args.crops} crops, "
+        f"TF32 convolutions {torch.backends.cudnn.allow_tf32}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_corpus(Path(tmp), args.utterances, low, high)
@@ -141,10 +150,12 @@ def main() -> None:
                 single_times.append(single_s)
             batched_s, single_s = np.median(batched_times), np.median(single_times)
             diff = float(np.abs(batched - single).max())
+            relative = diff / float(np.abs(single).max())
             print(
                 f"[{name}] batched {batched_s:6.2f} s ({audio_seconds / batched_s:6.1f} audio-s/s)"
                 f" | one-by-one {single_s:6.2f} s ({audio_seconds / single_s:6.1f} audio-s/s)"
-                f" | speed-up x{single_s / batched_s:.2f} | max |diff| {diff:.1e}"
+                f" | speed-up x{single_s / batched_s:.2f}"
+                f" | max |diff| {diff:.1e} ({relative:.1e} of max |x|)"
                 + (f" | medians of {args.repeats} turns each" if args.repeats > 1 else "")
             )
 
