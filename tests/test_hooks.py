@@ -8,7 +8,7 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from sv_kedro.hooks import ParamsError
+from sv_kedro.hooks import MissingInputsError, ParamsError
 from sv_kedro.utils.params import misspelt_keys
 
 
@@ -51,3 +51,26 @@ def test_new_and_existing_keys_pass(kedro_project: Path):
     with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
         context = session.load_context()
     assert context.params["xvector"]["training"]["max_steps"] == 2
+
+
+def test_a_pipeline_whose_inputs_were_never_written_names_the_pipeline_that_writes_them(
+    kedro_project: Path, run_kedro
+):
+    with pytest.raises(MissingInputsError) as raised:
+        run_kedro(kedro_project, ["evaluation"])
+    message = str(raised.value)
+    assert message.startswith("pipeline evaluation reads ")
+    lines = message.splitlines()[1:]
+    # Grouped by the pipeline to run, in the order the workflow runs them.
+    assert lines[0].startswith("  - test_manifest, test_trials, train_manifest, trial_lists: ")
+    assert lines[0].endswith("run `kedro run --pipeline data_engineering` first")
+    assert "xvector.checkpoint" in lines[1] and lines[1].endswith("supervised_training` first")
+    assert "ssl_pseudo_labeling.dino.checkpoint" in lines[2]
+    assert lines[2].endswith("run `kedro run --pipeline ssl_pseudo_labeling` first")
+    # Nothing was written on the way.
+    assert not any(path.is_file() for path in (kedro_project / "data").rglob("*"))
+
+
+def test_a_file_the_user_provides_is_named_with_its_path(kedro_project: Path, run_kedro):
+    with pytest.raises(MissingInputsError, match=r"ssl_initial_embeddings\.pt\): no pipeline"):
+        run_kedro(kedro_project, ["ssl_pseudo_labeling_external"])

@@ -11,17 +11,24 @@ self-supervised rounds (``ssl_pseudo_labeling.n_iterations``) decides how many n
 :class:`PipelineShapeHook` reads it from the session's configuration (base, the ``--env``
 environment and ``--params``) as soon as the context exists, and makes Kedro rebuild its
 pipelines when the count differs from the one they were built with.
+
+:class:`MissingInputsHook` checks, before a pipeline runs, that the datasets it reads but
+does not write exist, and names the pipeline that writes each missing one: running
+``evaluation`` before anything was trained says which pipelines to run first, instead of
+failing at the first node with a bare "Failed while loading data".
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines
+from kedro.pipeline import Pipeline
 
 from sv_kedro.pipelines import ssl_pseudo_labeling
 from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import (
@@ -85,3 +92,75 @@ class PipelineShapeHook:
                 ssl_pseudo_labeling.n_iterations(),
             )
             _forget_built_pipelines()
+
+
+class MissingInputsError(RuntimeError):
+    """A pipeline's free inputs do not exist yet."""
+
+
+class MissingInputsHook:
+    """Refuses to start a pipeline whose stored inputs are missing, naming their writers."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog) -> None:
+        missing = [name for name in sorted(pipeline.inputs()) if _is_missing(name, catalog)]
+        if not missing:
+            return
+        running = run_params.get("pipeline_names") or [run_params.get("pipeline_name")]
+        running = [name for name in running if name] or ["__default__"]
+        by_writer: dict[str | None, list[str]] = {}
+        for name in missing:
+            by_writer.setdefault(_writer(name, missing, running), []).append(name)
+        order = list(pipelines)  # the registry's order: data_engineering first
+        lines = []
+        for writer, names in sorted(
+            by_writer.items(), key=lambda item: order.index(item[0]) if item[0] else len(order)
+        ):
+            if writer:
+                command = (
+                    "kedro run" if writer == "__default__" else f"kedro run --pipeline {writer}"
+                )
+                lines.append(f"  - {', '.join(names)}: run `{command}` first")
+            else:
+                located = ", ".join(name + _location(name, catalog) for name in names)
+                lines.append(f"  - {located}: no pipeline writes these; they are files you provide")
+        raise MissingInputsError(
+            f"pipeline {', '.join(running)} reads {len(missing)} dataset(s) that do not exist "
+            "yet:\n" + "\n".join(lines)
+        )
+
+
+def _is_missing(name: str, catalog) -> bool:
+    if name == "parameters" or name.startswith("params:"):
+        return False
+    try:
+        return not catalog.exists(name)
+    except Exception:  # a dataset that cannot tell is left to fail (or not) when loaded
+        return False
+
+
+def _location(name: str, catalog) -> str:
+    try:
+        described = catalog.get(name)._describe()
+    except Exception:
+        return ""
+    where = described.get("filepath") or described.get("path")
+    return f" ({where})" if where else ""
+
+
+def _writer(name: str, missing: list[str], running: Iterable[str]) -> str | None:
+    """The registered pipeline (other than those running) to run for ``name``: of those that
+    write it, the one that writes most of ``missing``, then the smallest; ``__default__``
+    when only the default one writes it, ``None`` when none does."""
+    skip = {*running, "__default__"}
+    writers = []
+    for pipeline_name, built in pipelines.items():
+        outputs = built.all_outputs()
+        if pipeline_name not in skip and name in outputs:
+            covered = sum(other in outputs for other in missing)
+            writers.append((-covered, len(built.nodes), pipeline_name))
+    if writers:
+        return min(writers)[2]
+    if name in pipelines.get("__default__", Pipeline([])).all_outputs():
+        return "__default__"
+    return None

@@ -24,9 +24,20 @@ DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 # read; see sv_kedro/hooks.py.
 # PipelineShapeHook: the number of self-supervised rounds is a parameter
 # (ssl_pseudo_labeling.n_iterations) that decides which pipelines exist; see sv_kedro/hooks.py.
+# MissingInputsHook: a pipeline whose stored inputs do not exist yet (evaluation before any
+# training) stops before it starts, naming the pipeline that writes each of them.
 # SpeakerVerificationMlflowHook wraps kedro-mlflow's and is on only where an mlflow.yml is
 # configured (conf/mlflow: `kedro run --env mlflow`); see sv_kedro/tracking.py.
-from sv_kedro.hooks import ParameterCheckHook, PipelineShapeHook  # noqa: E402
+from sv_kedro.hooks import (  # noqa: E402
+    MissingInputsHook,
+    ParameterCheckHook,
+    PipelineShapeHook,
+)
 from sv_kedro.tracking import SpeakerVerificationMlflowHook  # noqa: E402
 
-HOOKS = (ParameterCheckHook(), PipelineShapeHook(), SpeakerVerificationMlflowHook())
+HOOKS = (
+    ParameterCheckHook(),
+    PipelineShapeHook(),
+    MissingInputsHook(),
+    SpeakerVerificationMlflowHook(),
+)
