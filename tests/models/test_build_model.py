@@ -154,3 +154,25 @@ def test_config_errors_name_the_key() -> None:
         build_model({"architecture": "xvector", "pooling": "mean"})
     with pytest.raises(ValueError, match="n_classes"):
         build_model({"architecture": "xvector", "n_classes": -1})
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"ecapa": {"channels": "abc"}}, r"ecapa\.channels must be an integer, got 'abc'"),
+        ({"ecapa": {"channels": 0}}, r"ecapa\.channels must be >= 1, got 0"),
+        ({"ecapa": {"dilations": [2, "x", 4]}}, r"ecapa\.dilations\[1\] must be an integer"),
+        ({"fbank": {"mean_norm": "no"}}, r"fbank\.mean_norm must be true or false, got 'no'"),
+        ({"head": {"dropout": 1.5}}, r"head\.dropout must be in \[0, 1\), got 1\.5"),
+        ({"head": {"hidden_dims": 256}}, r"head\.hidden_dims must be a list of whole numbers"),
+    ],
+)
+def test_section_values_are_checked_naming_the_key(config, message) -> None:
+    with pytest.raises(ValueError, match=rf"model_config\.{message}"):
+        build_model({"architecture": "ecapa_tdnn", **config})
+
+
+def test_numbers_given_as_strings_build_the_same_model() -> None:
+    # --params values arrive as strings when they are not YAML numbers.
+    given = build_model({"architecture": "ecapa_tdnn", "ecapa": {"channels": "32"}})
+    assert given.model_config["ecapa"]["channels"] == 32

@@ -38,6 +38,7 @@ from sv_kedro.models.pooling import build_pooling
 from sv_kedro.models.speaker_model import SpeakerModel
 from sv_kedro.models.ssl_encoder import SSLEncoder, check_encoder_config
 from sv_kedro.models.tdnn import XVectorTDNN
+from sv_kedro.utils.params import as_float, as_int
 
 ARCHITECTURES: tuple[str, ...] = ("ssl", "ssl_mhfa", "ssl_paired", "xvector", "ecapa_tdnn")
 HEAD_DEFAULTS: dict[str, Any] = {
@@ -96,7 +97,37 @@ def _section(
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ValueError(f"{where}.{name}: unknown key(s) {unknown}; allowed: {sorted(defaults)}")
-    return {**copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(given))}
+    section = {**copy.deepcopy(dict(defaults)), **copy.deepcopy(dict(given))}
+    for key, default in defaults.items():
+        if key != "embedding_layer":  # "pooled" or a layer index from 0: the head checks it
+            section[key] = _like_default(section[key], default, f"{where}.{name}.{key}")
+    return section
+
+
+def _like_default(value: Any, default: Any, key: str) -> Any:
+    """``value`` checked against its default's kind: sizes (ints, lists of ints) are whole
+    numbers >= 1, switches are booleans, rates are numbers >= 0 (dropout below 1); a wrong
+    one raises naming ``key`` here rather than a bare error deep inside a layer."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        number = as_int(value, key)
+        if number < 1:
+            raise ValueError(f"{key} must be >= 1, got {value!r}")
+        return number
+    if isinstance(default, float):
+        rate = as_float(value, key)
+        if not (0 <= rate < 1 if key.endswith("dropout") else rate >= 0):
+            bounds = "in [0, 1)" if key.endswith("dropout") else ">= 0"
+            raise ValueError(f"{key} must be {bounds}, got {value!r}")
+        return rate
+    if isinstance(default, list):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} must be a list of whole numbers, got {value!r}")
+        return [_like_default(item, 1, f"{key}[{i}]") for i, item in enumerate(value)]
+    return value
 
 
 def normalize_model_config(
