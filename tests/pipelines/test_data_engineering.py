@@ -349,6 +349,20 @@ def test_a_value_that_is_no_number_is_named():
         nodes.split_train_and_validation(test_manifest, settings)
 
 
+def test_a_switch_that_is_no_boolean_is_named():
+    # The string "no" is truthy: read as a switch it would turn gender matching on.
+    test_manifest = pd.DataFrame({"utt_id": ["a/1.wav", "b/1.wav"], "speaker": ["a", "b"]})
+    settings = {"source": "synthetic", "trials": {"gender_matched": "no"}}
+    with pytest.raises(
+        DataEngineeringError,
+        match=r"data_engineering\.trials\.gender_matched must be true or false, got 'no'",
+    ):
+        nodes.build_trial_lists(test_manifest, settings)
+    settings = {"source": "synthetic", "shards": {"enabled": "false"}}
+    with pytest.raises(DataEngineeringError, match=r"shards\.enabled must be true or false"):
+        nodes.write_training_shards(test_manifest, settings)
+
+
 def test_an_empty_folder_source_names_the_roots(tmp_path: Path):
     settings = {"source": "folder", "folder": {"roots": [str(tmp_path)]}}
     with pytest.raises(DataEngineeringError, match=f"gave no audio files .* under .*{tmp_path}"):

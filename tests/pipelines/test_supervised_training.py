@@ -25,6 +25,7 @@ from sv_kedro.api import model_from_checkpoint
 from sv_kedro.models.factory import build_model
 from sv_kedro.pipelines.supervised_training import SYSTEMS, create_pipeline
 from sv_kedro.pipelines.supervised_training.nodes import (
+    find_learning_rate,
     resolve_model_config,
     resolve_training_config,
 )
@@ -157,6 +158,24 @@ def test_paper_override_spellings_are_understood():
     again = run_fingerprint(manifest, {**settings, "data": {"batch_size": 2}})
     other = run_fingerprint(manifest, {**settings, "data": {"batch_size": 4}})
     assert first == again != other
+
+
+def test_model_run_and_lr_finder_values_fail_naming_the_key_before_training():
+    with pytest.raises(ValueError, match=r"model\.ecapa\.channels must be an integer, got 'abc'"):
+        resolve_model_config({"architecture": "ecapa_tdnn", "ecapa": {"channels": "abc"}})
+    with pytest.raises(ValueError, match=r"model\.encoder"):
+        resolve_model_config({"architecture": "ssl", "encoder": {"kind": "wav2vec2", "x": 1}})
+    run = {"work_dir": "unused", "resume": "nope"}
+    lr_finder = {"enabled": True}
+    with pytest.raises(ValueError, match=r"run\.resume must be true or false, got 'nope'"):
+        find_learning_rate(pd.DataFrame(), {}, {}, {}, {}, run, lr_finder)
+    lr_finder = {"enabled": True, "num_steps": "abc"}
+    with pytest.raises(ValueError, match=r"lr_finder\.num_steps must be an integer, got 'abc'"):
+        find_learning_rate(pd.DataFrame(), {}, {}, {}, {}, {"work_dir": "unused"}, lr_finder)
+    with pytest.raises(ValueError, match=r"lr_finder\.enabled must be true or false"):
+        find_learning_rate(
+            pd.DataFrame(), {}, {}, {}, {}, {"work_dir": "unused"}, {"enabled": "no"}
+        )
 
 
 @pytest.fixture(scope="module")

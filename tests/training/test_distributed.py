@@ -148,6 +148,9 @@ def test_distributed_config_errors_and_defaults():
     assert DistributedConfig(device="cpu").resolved_nproc() == 1
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['nprocs'\]"):
         DistributedConfig.from_dict({"nprocs": 2})
+    with pytest.raises(ValueError, match=r"distributed\.nproc_per_node must be an integer"):
+        DistributedConfig.from_dict({"nproc_per_node": "abc"})
+    assert DistributedConfig.from_dict({"nproc_per_node": "2"}).nproc_per_node == 2
     with pytest.raises(ValueError, match="node_rank=2"):
         DistributedConfig(nnodes=2, node_rank=2)
     with pytest.raises(ValueError, match="needs rdzv_endpoint"):

@@ -305,7 +305,7 @@ def train_dino(
             "seed": int(training.get("seed", 0)),
         },
         architecture="dino",
-        resume=bool(run.get("resume", True)),
+        resume=run.get("resume", True),
     )
     result = launch_training(job, launch_config)
     return load_checkpoint(result.last_checkpoint_path), result.metrics

@@ -100,7 +100,7 @@ def train_speaker_system(
         validate_builder=validate_builder,
         validate_config=validate_config,
         architecture=model_config.get("architecture"),
-        resume=bool(run.get("resume", True)),
+        resume=run.get("resume", True),
     )
     result = launch_training(job, DistributedConfig.from_dict(dict(distributed or {})))
     chosen = result.best_checkpoint_path or result.last_checkpoint_path

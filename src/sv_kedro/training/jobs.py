@@ -51,6 +51,11 @@ class TrainingJob:
     device: str = "auto"
     timeout_s: float = 1800.0
 
+    def __post_init__(self) -> None:
+        # "resume: nope" would be true, and a fresh run would resume.
+        if not isinstance(self.resume, bool):
+            raise ValueError(f"run.resume must be true or false, got {self.resume!r}")
+
 
 @dataclass
 class LaunchResult:

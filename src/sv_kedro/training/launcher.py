@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from sv_kedro.utils.params import coerce_scalars
+
 logger = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm")
@@ -133,7 +135,7 @@ def _from_mapping(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**dict(values))
+    return cls(**coerce_scalars(cls, values, where))
 
 
 def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], config: DistributedConfig) -> Any:

@@ -39,6 +39,7 @@ from sv_kedro.corpus.trials import (
 from sv_kedro.pipelines.data_engineering.params import (
     ROOT,
     DataEngineeringError,
+    bool_param,
     float_param,
     int_param,
     section,
@@ -153,8 +154,8 @@ def build_trial_lists(
             targets_per_utt=int_param(trials, "targets_per_utt", 5, where),
             nontargets_per_utt=int_param(trials, "nontargets_per_utt", 10, where),
             seed=int_param(params, "seed", 0),
-            gender_matched=bool(trials.get("gender_matched", False)),
-            allow_singletons=bool(trials.get("allow_singletons", False)),
+            gender_matched=bool_param(trials, "gender_matched", False, where),
+            allow_singletons=bool_param(trials, "allow_singletons", False, where),
         )
     for name, trials_frame in lists.items():
         check_trials_against_manifest(trials_frame, test_manifest, name)
@@ -172,7 +173,7 @@ def write_training_shards(train_manifest: pd.DataFrame, params: dict[str, Any]) 
     ``{"enabled": false}`` when sharding is off.
     """
     settings = section(params, "shards")
-    if not settings.get("enabled", False):
+    if not bool_param(settings, "enabled", False, f"{ROOT}.shards"):
         logger.info("WebDataset shards are off (data_engineering.shards.enabled: false)")
         return {"enabled": False}
     from sv_kedro.corpus.shards import write_webdataset_shards

@@ -110,3 +110,12 @@ def int_param(settings: Mapping[str, Any], key: str, default: int, where: str = 
 def float_param(settings: Mapping[str, Any], key: str, default: float, where: str = ROOT) -> float:
     """``<where>.<key>`` as a float (``default`` when absent), naming the key when it is not."""
     return as_float(settings.get(key, default), f"{where}.{key}", DataEngineeringError)
+
+
+def bool_param(settings: Mapping[str, Any], key: str, default: bool, where: str = ROOT) -> bool:
+    """``<where>.<key>`` as a boolean (``default`` when absent); the string ``"no"`` and any
+    other non-boolean are errors naming the key, not a silent ``True``."""
+    value = settings.get(key, default)
+    if not isinstance(value, bool):
+        raise DataEngineeringError(f"parameter {where}.{key} must be true or false, got {value!r}")
+    return value

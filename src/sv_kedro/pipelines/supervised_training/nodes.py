@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from sv_kedro.models.factory import normalize_model_config
 from sv_kedro.models.ssl_encoder import ENCODER_DEFAULTS
 from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.loaders import build_loader
@@ -41,6 +42,7 @@ from sv_kedro.training.lr_finder import lr_range_test, plot_lr_finder
 from sv_kedro.training.optim import build_optimizer
 from sv_kedro.training.task import LoaderRequest, TrainState, move_to_device
 from sv_kedro.utils.atomic import atomic_write_path
+from sv_kedro.utils.params import as_float, as_int, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def resolve_model_config(model: Mapping[str, Any], where: str = "model") -> dict
     """``model`` with encoder keys given at its top level moved into ``model.encoder``."""
     config = copy.deepcopy(dict(model))
     if config.get("architecture") not in SSL_ARCHITECTURES:
+        normalize_model_config(config, where)  # fail here, naming the key, not in a worker
         return config
     hoisted = sorted(set(config) & (set(ENCODER_DEFAULTS) - {"kind"}))
     if hoisted:
@@ -73,6 +76,7 @@ def resolve_model_config(model: Mapping[str, Any], where: str = "model") -> dict
             encoder[key] = config.pop(key)
         config["encoder"] = encoder
         log.info("%s: encoder setting(s) %s moved into %s.encoder", where, hoisted, where)
+    normalize_model_config(config, where)
     return config
 
 
@@ -92,6 +96,32 @@ def _check_run(run: Mapping[str, Any]) -> None:
         raise ValueError(f"run: unknown key(s) {unknown}; allowed: {list(RUN_KEYS)}")
     if not run.get("work_dir"):
         raise ValueError("run.work_dir is required (where checkpoints and inputs go)")
+    if not isinstance(run.get("resume", True), bool):
+        raise ValueError(f"run.resume must be true or false, got {run['resume']!r}")
+    if (
+        run.get("torch_threads") is not None
+        and as_int(run["torch_threads"], "run.torch_threads") < 1
+    ):
+        raise ValueError(f"run.torch_threads must be >= 1, got {run['torch_threads']!r}")
+    seconds = run.get("validation_max_seconds")
+    if seconds is not None and as_float(seconds, "run.validation_max_seconds") <= 0:
+        raise ValueError(f"run.validation_max_seconds must be > 0, got {seconds!r}")
+
+
+def _lr_finder_options(lr_finder: Mapping[str, Any]) -> dict[str, Any]:
+    """``lr_finder`` over its defaults, each value of its default's kind (naming the key)."""
+    check_keys(lr_finder, LR_FINDER_DEFAULTS, "lr_finder")
+    options = {**LR_FINDER_DEFAULTS, **lr_finder}
+    for key, default in LR_FINDER_DEFAULTS.items():
+        value, where = options[key], f"lr_finder.{key}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            options[key] = as_int(value, where)
+        else:
+            options[key] = as_float(value, where)
+    return options
 
 
 @contextlib.contextmanager
@@ -188,12 +218,7 @@ def find_learning_rate(
     With ``lr_finder.enabled: false`` nothing is trained: the plot says so and the
     suggestion is ``{"enabled": false}``.
     """
-    unknown = sorted(set(lr_finder) - set(LR_FINDER_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"lr_finder: unknown key(s) {unknown}; allowed: {list(LR_FINDER_DEFAULTS)}"
-        )
-    options = {**LR_FINDER_DEFAULTS, **lr_finder}
+    options = _lr_finder_options(lr_finder)
     if not options["enabled"]:
         message = "LR range test disabled (set <system>.lr_finder.enabled=true to run it)"
         return _disabled_figure(message), {"enabled": False, "use_suggestion": False}
