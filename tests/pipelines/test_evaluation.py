@@ -228,11 +228,14 @@ def test_shipped_scoring_configs_are_valid():
     ],
 )
 def test_bad_scoring_parameters_fail_before_extraction_naming_the_key(scoring, message):
-    from sv_kedro.pipelines.evaluation.nodes import embed_cohort_utterances
+    from sv_kedro.pipelines.evaluation.nodes import embed_cohort_utterances, embed_test_utterances
 
-    # The check comes first: an empty checkpoint and manifest are never reached.
+    # The check comes first in both embedding nodes (Kedro may run either first): an empty
+    # checkpoint and manifest are never reached.
     with pytest.raises(ValueError, match=message):
         embed_cohort_utterances({}, pd.DataFrame(), {}, scoring)
+    with pytest.raises(ValueError, match=message):
+        embed_test_utterances({}, pd.DataFrame(), {}, scoring)
 
 
 def test_comparison_keys_and_main_backend_are_checked():

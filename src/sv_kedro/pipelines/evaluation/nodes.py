@@ -100,10 +100,18 @@ def scoring_options(scoring: Mapping[str, Any] | None) -> ScoringOptions:
 
 
 def embed_test_utterances(
-    checkpoint: dict[str, Any], test_manifest: pd.DataFrame, extraction: dict[str, Any]
+    checkpoint: dict[str, Any],
+    test_manifest: pd.DataFrame,
+    extraction: dict[str, Any],
+    scoring: dict[str, Any],
 ) -> tuple[EmbeddingTable, EmbeddingTable]:
-    """Full-utterance and mean-crop embeddings of every test utterance."""
-    if extraction.get("n_crops", 1) == 0:  # checked before hours of extraction, not after
+    """Full-utterance and mean-crop embeddings of every test utterance.
+
+    ``scoring`` is only checked here: Kedro may run this node first, and a misspelt
+    scoring key should stop the run before hours of extraction, not after them.
+    """
+    scoring_options(scoring)
+    if extraction.get("n_crops", 1) == 0:
         raise ValueError("evaluation.extraction.n_crops must be >= 1 (crop and fused scores)")
     result = extract_from_checkpoint(checkpoint, test_manifest, extraction, "evaluation.extraction")
     assert result.crops is not None

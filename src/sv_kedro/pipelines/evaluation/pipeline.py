@@ -22,7 +22,12 @@ def system_evaluation_template() -> Pipeline:
         [
             node(
                 nodes.embed_test_utterances,
-                inputs=["checkpoint", "test_manifest", "params:evaluation.extraction"],
+                inputs=[
+                    "checkpoint",
+                    "test_manifest",
+                    "params:evaluation.extraction",
+                    "params:evaluation.scoring",
+                ],
                 outputs=["test_embeddings", "test_crop_embeddings"],
                 name="embed_test_utterances",
             ),
