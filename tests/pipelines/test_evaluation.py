@@ -121,8 +121,14 @@ def test_judge_scores_a_checkpoint_on_any_folder_from_params(
     }
     run_kedro(kedro_project, ["judge"], params=params)
     metrics = json.loads((kedro_project / "data/08_reporting/judge/metrics.json").read_text())
-    assert set(metrics) == {"cosine", "cosine_crops", "fusion"}
+    assert set(metrics) == {"cosine", "cosine_crops", "fusion", "judged"}
     assert metrics["cosine"]["n_trials"] > 0 and metrics["cosine"]["n_targets"] > 0
+    # What was judged is recorded with the result (judge's outputs are not versioned).
+    judged = metrics["judged"]
+    assert judged["checkpoint"] == str(kedro_project / "data/06_models/judged/checkpoint.pt")
+    assert judged["audio_root"] == [str(root)] and judged["trial_list"] == "generated"
+    assert judged["trials"] == metrics["cosine"]["n_trials"] and judged["utterances"] == 9
+    assert len(judged["trials_sha256"]) == 16
 
 
 @pytest.mark.shared_data

@@ -11,6 +11,7 @@ like the corpus roots of data_engineering; the results go through the catalog.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -182,9 +183,17 @@ def _check_covers_trials(table: EmbeddingTable, trials: pd.DataFrame, name: str)
 
 
 def score_judged_trials(
-    trials: pd.DataFrame, embeddings: tuple[EmbeddingTable, EmbeddingTable | None]
+    trials: pd.DataFrame,
+    embeddings: tuple[EmbeddingTable, EmbeddingTable | None],
+    judge: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Cosine (and, with crops, crop and fused) scores; EER and both minDCFs for each."""
+    """Cosine (and, with crops, crop and fused) scores; EER and both minDCFs for each.
+
+    The metrics also hold ``judged``: what was judged (the model or embeddings file, the
+    audio roots, the trial list and a digest of its trials). judge's outputs are not
+    versioned, so a run that fails after writing its manifest and trials leaves the
+    previous metrics in place; ``judged`` tells them apart from the ones asked for.
+    """
     full, crops = embeddings
     full.subset(sorted(trial_utterances(trials))).check_usable()
     labels = trials["label"].to_numpy(dtype=int)
@@ -194,6 +203,28 @@ def score_judged_trials(
         scores["cosine_crops"] = paired_dot(crops.vectors, crops.vectors, enrol, test)
         scores["fusion"] = fuse_scores([scores["cosine"], scores["cosine_crops"]])
     frame = trials.assign(**scores)
-    metrics = {name: verification_metrics(values, labels) for name, values in scores.items()}
+    metrics: dict[str, Any] = {
+        name: verification_metrics(values, labels) for name, values in scores.items()
+    }
     log.info("judge: %s", {k: f"EER {v['eer']:.2%}" for k, v in metrics.items()})
+    metrics["judged"] = _what_was_judged(trials, judge)
     return frame, metrics
+
+
+def _what_was_judged(trials: pd.DataFrame, judge: dict[str, Any]) -> dict[str, Any]:
+    model_key = "checkpoint" if judge.get("checkpoint") else "embeddings"
+    columns = zip(trials["label"].astype(int), trials["enrol"], trials["test"], strict=True)
+    lines = "\n".join(f"{label} {enrol} {test}" for label, enrol, test in columns)
+    digest = hashlib.sha256(lines.encode()).hexdigest()[:16]
+    return {
+        model_key: str(resolve_path(judge[model_key])),
+        "audio_root": [
+            str(resolve_path(root)) for root in split_roots(judge["audio_root"], "judge.audio_root")
+        ],
+        "trial_list": (
+            str(resolve_path(judge["trial_list"])) if judge.get("trial_list") else "generated"
+        ),
+        "trials": len(trials),
+        "utterances": len(trial_utterances(trials)),
+        "trials_sha256": digest,
+    }

@@ -32,7 +32,7 @@ def create_pipeline(**kwargs: Any) -> Pipeline:
             ),
             node(
                 nodes.score_judged_trials,
-                inputs=["judge_trials", "judge_embeddings"],
+                inputs=["judge_trials", "judge_embeddings", "params:judge"],
                 outputs=["judge_scores", "judge_metrics"],
                 name="score_judged_trials",
             ),
