@@ -311,3 +311,31 @@ def _stop_group(server: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def test_viz_with_hooks_shows_the_configured_round_count(kedro_project: Path, monkeypatch):
+    # kedro-viz builds the pipelines without project hooks unless --include-hooks; the
+    # round count is set by one, so only with it does the flowchart follow n_iterations.
+    from kedro_viz.integrations.kedro.data_loader import load_data
+
+    from sv_kedro.pipelines.ssl_pseudo_labeling import pipeline as ssl_pipeline
+
+    # The count is module state: leave it as found for the tests after this one.
+    monkeypatch.setattr(ssl_pipeline, "_configured_iterations", None)
+    params = {"ssl_pseudo_labeling": {"n_iterations": 4}}
+    shown = {}
+    for hooks in (False, True):
+        pipelines = next(
+            part
+            for part in load_data(kedro_project, include_hooks=hooks, extra_params=params)
+            if isinstance(part, dict) and "ssl_pseudo_labeling" in part
+        )
+        shown[hooks] = sorted(
+            {
+                node.namespace.split(".")[1]
+                for node in pipelines["ssl_pseudo_labeling"].nodes
+                if node.namespace and node.namespace.startswith("ssl_pseudo_labeling.iter_")
+            }
+        )
+    assert shown[True] == ["iter_1", "iter_2", "iter_3", "iter_4"]
+    assert shown[False] == ["iter_1", "iter_2"]  # the default, whatever --params says
