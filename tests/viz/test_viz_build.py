@@ -313,15 +313,20 @@ def _stop_group(server: subprocess.Popen) -> None:
             continue
 
 
-def test_viz_with_hooks_shows_the_configured_round_count(kedro_project: Path, monkeypatch):
+def test_viz_with_hooks_shows_the_configured_round_count(
+    kedro_project: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+):
     # kedro-viz builds the pipelines without project hooks unless --include-hooks; the
     # round count is set by one, so only with it does the flowchart follow n_iterations.
     from kedro_viz.integrations.kedro.data_loader import load_data
 
+    from sv_kedro.hooks import _forget_built_pipelines
     from sv_kedro.pipelines.ssl_pseudo_labeling import pipeline as ssl_pipeline
 
-    # The count is module state: leave it as found for the tests after this one.
+    # The count is module state, and Kedro caches the pipelines built with it: leave both
+    # as found for the tests after this one.
     monkeypatch.setattr(ssl_pipeline, "_configured_iterations", None)
+    request.addfinalizer(_forget_built_pipelines)
     params = {"ssl_pseudo_labeling": {"n_iterations": 4}}
     shown = {}
     for hooks in (False, True):
