@@ -6,6 +6,14 @@
     python benchmarks/bench_extraction.py --device cuda  # where a GPU is present
     python benchmarks/bench_extraction.py --repeats 3    # medians of 3 turns per side
     python benchmarks/bench_extraction.py --device cuda --no-tf32  # fp32 convolutions on the GPU
+    python benchmarks/bench_extraction.py --roofline     # the most batching could gain here
+
+``--roofline`` counts the forwards' floating-point operations (``FlopCounterMode``), divides
+them by each side's time, and measures a dense fp32 matrix product on the same device in the
+same run: the fastest this machine does arithmetic. A model whose loop already runs near
+that rate is compute-bound, and the ratio bounds what any batching can gain on it. A model
+far below it (the tiny one, with 64-channel layers) is bound by memory traffic and per-call
+overhead instead; batches save only the overhead.
 
 Both sides embed the same utterances (2-8 s by default) with the same model. Ours is
 ``extract_embeddings``: length buckets with padding masks, each distinct crop embedded once.
@@ -18,6 +26,7 @@ layers, random weights) and ``ecapa`` an ECAPA-TDNN (C=512).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.utils import parametrize
+from torch.utils.flop_counter import FlopCounterMode
 
 from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.audio.io import write_audio
@@ -103,6 +114,40 @@ def recipe_loop(model, manifest, config) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, np.stack(rows)
 
 
+def dense_matmul_gflops(device: str, size: int = 2048, repeats: int = 10) -> float:
+    """Best rate of an fp32 ``[size, size] @ [size, size]`` product on ``device``, GFLOP/s."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    rates = []
+    for _ in range(repeats + 2):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return max(rates[2:])
+
+
+def synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loop_gflop(model, manifest, config) -> float:
+    """Floating-point operations (GFLOP) of the one-by-one loop's forwards over ``manifest``.
+
+    Counted on a copy with weight parametrizations folded in (wav2vec2's weight-normed
+    positional convolution fails under the counter otherwise); the arithmetic is the same.
+    """
+    counted = copy.deepcopy(model)
+    for module in [m for m in counted.modules() if parametrize.is_parametrized(m)]:
+        for tensor_name in list(module.parametrizations):
+            parametrize.remove_parametrizations(module, tensor_name)
+    with FlopCounterMode(display=False) as counter:
+        recipe_loop(counted, manifest, config)
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=48)
@@ -120,6 +165,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX")
+    )
+    parser.add_argument(
+        "--roofline", action="store_true", help="GFLOP/s of both sides and of a dense matmul"
     )
     args = parser.parse_args()
     low, high = args.seconds
@@ -158,6 +206,17 @@ def main() -> None:
                 f" | max |diff| {diff:.1e} ({relative:.1e} of max |x|)"
                 + (f" | medians of {args.repeats} turns each" if args.repeats > 1 else "")
             )
+            if args.roofline:
+                gflop = loop_gflop(model, manifest, config)
+                peak = dense_matmul_gflops(args.device)
+                print(
+                    f"[{name}] roofline: {gflop:.1f} GFLOP in the loop's forwards"
+                    f" | one-by-one {gflop / single_s:.1f} GFLOP/s"
+                    f" | batched {gflop / batched_s:.1f} GFLOP/s of the loop's work"
+                    f" | dense fp32 matmul {peak:.1f} GFLOP/s"
+                    f" | the loop runs at {100 * gflop / single_s / peak:.0f}% of that rate"
+                    f" (x{peak * single_s / gflop:.2f} left if compute-bound)"
+                )
 
 
 if __name__ == "__main__":
