@@ -108,6 +108,27 @@ def test_shards_are_checked_against_the_training_manifest(corpus, tmp_path):
     assert check_shards_hold(relabelled, out)["num_utterances"] == len(corpus)
 
 
+def test_a_shard_deleted_or_replaced_since_it_was_written_is_refused(corpus, tmp_path):
+    out = tmp_path / "shards"
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    first, second = out / "shard-000000.tar", out / "shard-000001.tar"
+    # A copy of another shard would pass every later check: its utterances are the
+    # manifest's, and its sample count may match.
+    second.write_bytes(first.read_bytes())
+    with pytest.raises(
+        ShardError, match=r"shard-000001\.tar: starts with sample 000000000, but the writer put"
+    ):
+        check_shards_hold(corpus, out)
+    second.write_bytes(first.read_bytes() + b"\0" * 512)
+    with pytest.raises(ShardError, match=r"shard-000001\.tar: \d+ bytes, but index.json recorded"):
+        check_shards_hold(corpus, out)
+    second.unlink()
+    with pytest.raises(ShardError, match=r"shard-000001\.tar: missing, but index.json lists it"):
+        check_shards_hold(corpus, out)
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)  # the advice works
+    assert check_shards_hold(corpus, out)["num_shards"] == 3
+
+
 def test_relabelling_rewrites_the_stored_labels_but_not_the_audio_check(corpus, tmp_path):
     out = tmp_path / "shards"
     first = write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)

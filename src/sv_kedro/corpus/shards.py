@@ -270,7 +270,10 @@ def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -
     and shard size the writer used), so shards written from another manifest, another split
     or with other paths are refused before training reads a sample from them. Speaker
     labels are not compared: a relabelled manifest (pseudo-labels) of the same utterances
-    reads the same shards.
+    reads the same shards. Each shard file must also exist with the size the index
+    recorded: a shard deleted, truncated or replaced by another shard since it was written
+    is refused here, before training, rather than read (a copy of another shard would pass
+    every later check and train on its utterances twice).
     """
     index = read_shard_index(out_dir)
     if len(manifest) != index["num_utterances"]:
@@ -282,12 +285,39 @@ def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -
     size = int(index["utterances_per_shard"])
     for number, entry in enumerate(index["shards"]):
         rows = table.iloc[number * size : (number + 1) * size]
+        shard = Path(out_dir) / entry["name"]
         if _shard_fingerprint(rows, int(index["sample_rate"])) != entry["fingerprint"]:
             raise ShardError(
-                f"{Path(out_dir) / entry['name']}: holds other utterances than the training "
+                f"{shard}: holds other utterances than the training "
                 "manifest (another split or corpus); write the shards again from this manifest"
             )
+        _check_shard_file(shard, entry.get("bytes"), number * size)
     return index
+
+
+def _check_shard_file(shard: Path, recorded_bytes: int | None, first_key: int) -> None:
+    """``shard`` exists with the recorded size, and its first sample is the one the writer
+    put first (keys number the samples across all shards): two reads of a few bytes."""
+    again = "write the shards again (data_engineering with data_engineering.shards.enabled)"
+    if not shard.is_file():
+        raise ShardError(f"{shard}: missing, but index.json lists it; {again}")
+    size = shard.stat().st_size
+    if recorded_bytes is not None and size != int(recorded_bytes):
+        raise ShardError(
+            f"{shard}: {size} bytes, but index.json recorded {recorded_bytes} when it was "
+            f"written: the file was changed or replaced since; {again}"
+        )
+    try:
+        with tarfile.open(shard, "r|") as archive:
+            member = archive.next()
+    except (tarfile.TarError, OSError) as exc:
+        raise ShardError(f"{shard}: cannot read tar ({exc}); {again}") from exc
+    key = member.name.split(".", 1)[0] if member is not None else ""
+    if key != f"{first_key:09d}":
+        raise ShardError(
+            f"{shard}: starts with sample {key or 'nothing'}, but the writer put sample "
+            f"{first_key:09d} first: the file was replaced (by another shard?); {again}"
+        )
 
 
 def iter_webdataset_shards(
