@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from sv_kedro.corpus.trials import TrialGenerationError, check_trials_against_manifest
 from sv_kedro.models.factory import build_model, checkpoint_model_config
 from sv_kedro.scoring.trial_list import write_trial_list
 from sv_kedro.training.checkpoint import load_checkpoint
@@ -57,6 +58,11 @@ def train_speaker_system(
     ``initial_weights``: a checkpoint payload whose matching weights initialise the model
     (e.g. the previous self-supervised round); unmatched keys keep their fresh values.
     """
+    validating = (
+        validation_manifest is not None and validation_pairs is not None and len(validation_pairs)
+    )
+    if validating:  # before anything is written
+        _check_validation_inputs(validation_pairs, validation_manifest)
     work = Path(run["work_dir"])
     inputs = work / "inputs"
     n_classes = int(train_manifest["speaker_index"].max()) + 1
@@ -74,7 +80,7 @@ def train_speaker_system(
         loader_config["return_clean"] = True
     validate_builder = None
     validate_config: dict[str, Any] = {}
-    if validation_manifest is not None and validation_pairs is not None and len(validation_pairs):
+    if validating:
         pairs_path = inputs / "validation_pairs.txt"
         write_trial_list(validation_pairs, pairs_path)
         validate_builder = VALIDATE_BUILDER
@@ -105,6 +111,23 @@ def train_speaker_system(
     result = launch_training(job, DistributedConfig.from_dict(dict(distributed or {})))
     chosen = result.best_checkpoint_path or result.last_checkpoint_path
     return load_checkpoint(chosen), result.metrics
+
+
+def _check_validation_inputs(pairs: pd.DataFrame, manifest: pd.DataFrame) -> None:
+    """Refuse validation pairs of utterances the validation manifest lacks, before training.
+
+    The two are written by different data_engineering nodes; a run that failed between
+    them leaves a new manifest next to the previous corpus's pairs, and training would stop
+    at its first validation with embeddings missing for the pairs.
+    """
+    try:
+        check_trials_against_manifest(pairs, manifest, "validation_pairs")
+    except TrialGenerationError as exc:
+        raise TrialGenerationError(
+            f"{exc}. validation_pairs and validation_manifest come from different "
+            "data_engineering runs (did the last one fail?): run "
+            "`kedro run --pipeline data_engineering` again before training"
+        ) from exc
 
 
 def _with_initial_weights(
