@@ -73,6 +73,16 @@ def test_pt_published_by_another_tool_with_row_vectors(tmp_path):
     assert table.vectors.shape == (3, 16) and table.vectors.dtype == np.float32
 
 
+@pytest.mark.parametrize("name", ["published.pkl", "published.bin", "published"])
+def test_a_torch_file_under_another_name_is_read_as_one(tmp_path, name):
+    # Only the compact format is a folder; an existing file is a torch file whatever its
+    # suffix (it used to be taken for a compact folder and reported as not found).
+    path = tmp_path / name
+    torch.save({k: torch.randn(16) for k in KEYS}, path)
+    assert EmbeddingsDataset(filepath=str(path)).load().keys_ == KEYS
+    assert EmbeddingsDataset(filepath=str(path)).exists()
+
+
 @pytest.mark.parametrize(
     ("bad_value", "message"),
     [

@@ -188,6 +188,20 @@ def test_unreadable_file_is_not_described_as_unsafe(tmp_path, contents, message)
         assert "could run code" not in str(err.value)
 
 
+def test_a_plain_pickle_is_named_as_one_with_the_fix(tmp_path):
+    import pickle
+
+    path = tmp_path / "embeddings.pt"
+    with open(path, "wb") as handle:  # what a numpy user writes by habit
+        pickle.dump({"spk1/a.wav": np.zeros(4, np.float32)}, handle)
+    with pytest.raises(
+        CheckpointError,
+        match=r"embeddings\.pt: a plain pickle \(pickle\.dump\), not a torch\.save file.*"
+        r"re-save it with torch\.save",
+    ):
+        load_checkpoint(path)
+
+
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 def test_unsafe_global_is_refused_as_such(tmp_path, zip_format):
     path = tmp_path / "unsafe.pt"

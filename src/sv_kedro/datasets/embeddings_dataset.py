@@ -6,7 +6,7 @@ Two on-disk formats:
     What external SSL toolkits publish: ``torch.save({utt_id: Tensor[dim]})``, keys like
     ``id00012/21Uxsk56VDQ/00001.wav``. Read with ``torch.load(weights_only=True)`` only.
     Convenient for exchange, slow at scale (one pickled tensor per utterance).
-``npy`` (default for paths without a ``.pt``/``.pth`` suffix)
+``npy`` (for a path that is no existing file and has no ``.pt``/``.pth`` suffix)
     A folder ``<name>/`` holding ``vectors.npy`` (float32 ``[n, dim]``), ``keys.txt`` (one
     utt_id per line, in row order) and ``meta.json`` (count, dim, format version; written
     last, so its presence marks a complete folder). Loads at disk speed and can be
@@ -96,7 +96,10 @@ class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
     ) -> None:
         filepath = os.fspath(filepath)
         if format is None:
-            format = "pt" if filepath.lower().endswith(_PT_SUFFIXES) else "npy"
+            # The compact format is a folder: a file is a torch file whatever its name
+            # (published embeddings come as .pkl or .bin too).
+            is_file = filepath.lower().endswith(_PT_SUFFIXES) or os.path.isfile(filepath)
+            format = "pt" if is_file else "npy"
         if format not in FORMATS:
             raise DatasetError(f"{filepath}: unknown embeddings format {format!r}; use {FORMATS}")
         unknown = sorted(set(load_args or {}) - set(self.DEFAULT_LOAD_ARGS))

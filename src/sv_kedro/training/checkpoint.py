@@ -67,6 +67,7 @@ _REFUSED_GLOBAL = re.compile(r"unsupported global", re.IGNORECASE)
 # legacy format's pickle protocol opcode.
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
+_LEGACY_TORCH = b"\x80\x02"  # torch.save(..., _use_new_zipfile_serialization=False)
 
 
 class CheckpointError(ValueError):
@@ -365,6 +366,14 @@ def _unreadable(source: str | os.PathLike[str] | BinaryIO, name: str, exc: BaseE
         return (
             f"{name}: not a readable torch file: neither a zip archive nor a pickle "
             f"stream (it starts with {head!r})"
+        )
+    if head is not None and head.startswith(_PICKLE_PROTO) and not head.startswith(_LEGACY_TORCH):
+        # torch.save writes a zip archive (or, in its legacy format, pickle protocol 2): a
+        # pickle of another protocol came from pickle.dump, not from torch.save.
+        return (
+            f"{name}: a plain pickle (pickle.dump), not a torch.save file, so it is not read "
+            "(unpickling can run code); re-save it with torch.save, e.g. "
+            "torch.save({utt_id: torch.as_tensor(vector)}, path)"
         )
     return f"{name}: not a readable torch file: corrupt or truncated ({_refusal_detail(exc)})"
 
