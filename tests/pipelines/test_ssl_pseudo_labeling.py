@@ -9,6 +9,7 @@ run's manifests.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -361,7 +362,7 @@ def _bad_run(project: Path, path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("fault", ["nan", "extra", "missing"])
+@pytest.mark.parametrize("fault", ["nan", "missing", "misnamed", "identical"])
 def test_bad_pt_embeddings_stop_the_run_naming_the_key(
     ssl_project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fault: str
 ) -> None:
@@ -369,17 +370,37 @@ def test_bad_pt_embeddings_stop_the_run_naming_the_key(
     table = _initial_vectors(ssl_project)
     mapping = {key: torch.from_numpy(table[key].copy()) for key in table}
     victim = table.keys_[5]
+    pattern = re.escape(victim)
     if fault == "nan":
         mapping[victim][3] = float("nan")
-    elif fault == "extra":
-        victim = "id99999/unknown/00001.wav"
-        mapping[victim] = mapping[table.keys_[0]].clone()
-    else:
+    elif fault == "missing":
         del mapping[victim]
+    elif fault == "misnamed":  # absolute paths: nothing matches, and the error says why
+        mapping = {f"/corpus/{key}": value for key, value in mapping.items()}
+        pattern = r"have no embedding.*keys must be utt_ids"
+    else:
+        mapping = {key: mapping[victim].clone() for key in mapping}
+        pattern = r"external embeddings: all \d+ embeddings are the same vector"
     path = tmp_path / f"{fault}.pt"
     torch.save(mapping, path)
-    with pytest.raises(EmbeddingError, match=victim.replace(".", r"\.")):
+    with pytest.raises(EmbeddingError, match=pattern):
         _bad_run(ssl_project, path)
+
+
+def test_embeddings_of_other_utterances_are_left_out(
+    ssl_project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A published file covers the whole corpus; the validation speakers are not trained on.
+    monkeypatch.chdir(ssl_project)
+    table = _initial_vectors(ssl_project)
+    mapping = {key: torch.from_numpy(table[key].copy()) for key in table}
+    mapping["id99999/unknown/00001.wav"] = mapping[table.keys_[0]].clone()
+    path = tmp_path / "superset.pt"
+    torch.save(mapping, path)
+    _bad_run(ssl_project, path)
+    stored = _initial_vectors(ssl_project)
+    assert stored.keys_ == table.keys_
+    np.testing.assert_allclose(stored.vectors, table.vectors)
 
 
 def test_duplicate_keys_in_compact_embeddings_stop_the_run(

@@ -135,9 +135,10 @@ def validate_embeddings(
 ) -> EmbeddingTable:
     """The embeddings of exactly the manifest's utterances, in manifest order.
 
-    Raises ``EmbeddingError`` naming the keys at fault: embeddings for utterances the
-    manifest does not have, manifest utterances without an embedding, NaN/inf or zero
-    vectors.
+    Raises ``EmbeddingError`` naming the keys at fault: manifest utterances without an
+    embedding, NaN/inf or zero vectors, or every vector the same. Embeddings of other
+    utterances are left out with a warning: a published file covers a whole corpus, of
+    which the training manifest is a part (the validation speakers are split off).
     (Duplicate keys cannot reach here: ``EmbeddingTable`` refuses them, naming them.)
     """
     utt_ids = train_manifest["utt_id"].astype(str)
@@ -146,23 +147,37 @@ def validate_embeddings(
         raise EmbeddingError(f"train_manifest repeats utt_id(s) {repeated[:5]}")
     wanted = set(utt_ids)
     extra = [key for key in embeddings.keys_ if key not in wanted]
-    if extra:
-        raise EmbeddingError(
-            f"{source}: {len(extra)} key(s) are not utterances of train_manifest, e.g. "
-            f"{extra[:5]} (keys must be utt_ids: paths relative to the corpus root)"
-        )
     missing = [key for key in utt_ids if key not in embeddings]
     if missing:
+        hint = (
+            f"; {len(extra)} of its keys are not utterances of train_manifest either, e.g. "
+            f"{extra[:3]} (keys must be utt_ids: paths relative to the corpus root)"
+            if extra
+            else ""
+        )
         raise EmbeddingError(
             f"{source}: {len(missing)} train_manifest utterance(s) have no embedding, e.g. "
-            f"{missing[:5]}"
+            f"{missing[:5]}{hint}"
+        )
+    if extra:
+        log.warning(
+            "%s: %d embedding(s) of utterances outside train_manifest are left out, e.g. %s",
+            source,
+            len(extra),
+            extra[:3],
         )
     aligned = embeddings.subset(utt_ids.tolist())
     try:
         aligned.check_usable()
     except EmbeddingError as error:
         raise EmbeddingError(f"{source}: {error}") from error
-    return EmbeddingTable(list(aligned.keys_), np.asarray(aligned.vectors, dtype=np.float32))
+    vectors = np.asarray(aligned.vectors, dtype=np.float32)
+    if len(vectors) > 1 and not np.ptp(vectors, axis=0).any():
+        raise EmbeddingError(
+            f"{source}: all {len(vectors)} embeddings are the same vector, so they cannot "
+            "tell speakers apart (a model that did not learn, or a broken export)"
+        )
+    return EmbeddingTable(list(aligned.keys_), vectors)
 
 
 def check_external_embeddings(
