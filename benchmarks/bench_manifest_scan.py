@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from sv_kedro.corpus.folder_source import scan_folder_roots
-from sv_kedro.corpus.manifest import walk_files
+from sv_kedro.corpus.walk import walk_files
 
 UTTERANCES_PER_SPEAKER = 100
 

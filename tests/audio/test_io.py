@@ -55,3 +55,37 @@ def test_audio_files_under_finds_nested_audio_and_names_what_is_missing(tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty: no audio files"):
         audio_files_under(tmp_path / "empty", "noise")
+
+
+def test_file_the_decoder_cannot_open_names_the_cause(tmp_path, monkeypatch):
+    # libsndfile reports a file it may not open as "System error."; tests run as root, where
+    # chmod 000 does not stop reads, so both refusals are simulated.
+    import sv_kedro.audio.io as audio_io
+
+    path = tmp_path / "locked.wav"
+    write_audio(path, np.zeros(160, dtype=np.float32), 16000)
+
+    def system_error(*args, **kwargs):
+        raise RuntimeError(f"Error opening {str(path)!r}: System error.")
+
+    def refused_open(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(audio_io.sf, "SoundFile", system_error)
+    with pytest.raises(AudioDecodeError, match=r"System error"):
+        audio_info(path)  # the file opens: the decoder's own words are kept
+    monkeypatch.setattr(audio_io, "open", refused_open, raising=False)
+    with pytest.raises(
+        AudioDecodeError, match=r"locked\.wav: cannot read audio header \(permission denied\)$"
+    ):
+        audio_info(path)
+    with pytest.raises(
+        AudioDecodeError, match=r"locked\.wav: cannot decode audio \(permission denied\)$"
+    ):
+        read_audio(path)
+
+
+def test_broken_symlink_is_named_as_such(tmp_path):
+    (tmp_path / "link.flac").symlink_to(tmp_path / "gone.flac")
+    with pytest.raises(AudioDecodeError, match=r"link\.flac: broken symbolic link .*gone\.flac"):
+        audio_info(tmp_path / "link.flac")

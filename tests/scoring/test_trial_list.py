@@ -10,6 +10,7 @@ from sv_kedro.scoring.trial_list import (
     TrialListError,
     parse_trial_lines,
     read_trial_list,
+    trials_frame,
     write_trial_list,
 )
 
@@ -72,3 +73,23 @@ def test_a_pair_listed_again_with_its_label_is_kept_with_a_warning(caplog):
     assert len(trials) == 3
     assert "list.txt: 1 trial(s) listed again in the same order" in caplog.text
     assert "line 4 repeats line 1" in caplog.text
+
+
+def test_ids_with_whitespace_are_refused_before_writing(tmp_path: Path):
+    # Written, such a list could not be read back ("got 7 field(s)").
+    trials = trials_frame(
+        [1, 0, 1],
+        ["speaker with space/utt 0.flac", "a/x.wav", "b/y\tz.wav"],
+        ["speaker with space/utt 1.flac", "b/y.wav", "a/x.wav"],
+    )
+    path = tmp_path / "trials.txt"
+    with pytest.raises(TrialListError) as caught:
+        write_trial_list(trials, path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 3 utterance id(s) are empty or hold whitespace")
+    assert "'speaker with space/utt 0.flac'" in message and "'b/y\\tz.wav'" in message
+    assert "a/x.wav'" not in message
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    # A subset keeps its parent's categories: only the ids it holds are checked.
+    write_trial_list(trials.iloc[[1]], path)
+    assert read_trial_list(path)["enrol"].tolist() == ["a/x.wav"]

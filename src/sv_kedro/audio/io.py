@@ -44,9 +44,20 @@ def _suffix(path: str | os.PathLike[str]) -> str:
 
 
 def _decode_error(path: str, what: str, exc: Exception) -> AudioDecodeError:
-    # The decoders report a missing file as a generic "System error" or codec failure.
-    if not os.path.exists(path):
+    # The decoders report a missing or unopenable file as a generic "System error" or a
+    # codec failure; opening it ourselves (only once decoding has failed) names the cause.
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return AudioDecodeError(
+                f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)"
+            )
         return AudioDecodeError(f"{path}: no such file")
+    except OSError as os_exc:
+        cause = (os_exc.strerror or str(os_exc)).lower()
+        return AudioDecodeError(f"{path}: {what} ({cause})")
     return AudioDecodeError(f"{path}: {what} ({exc})")
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sv_kedro.corpus.manifest import check_manifest, empty_manifest, scan_files, walk_files
+from sv_kedro.corpus.manifest import check_manifest, empty_manifest, scan_files
+from sv_kedro.corpus.walk import walk_files
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +23,17 @@ DEFAULT_SUFFIXES = (".wav", ".flac", ".m4a")
 
 
 def _split_root(root: Path, relative: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Keep files at depth 2 or 3; return (utt_ids, speakers, sessions), warn about the rest."""
+    """Keep files at depth 2 or 3 whose names hold no whitespace; return (utt_ids,
+    speakers, sessions) and warn about the rest."""
     utt_ids: list[str] = []
     speakers: list[str] = []
     sessions: list[str] = []
     misplaced: list[str] = []
+    spaced: list[str] = []
     for rel in relative:
+        if _has_whitespace(rel):
+            spaced.append(rel)
+            continue
         parts = rel.split("/")
         if len(parts) == 2:
             session = ""
@@ -46,7 +52,45 @@ def _split_root(root: Path, relative: list[str]) -> tuple[list[str], list[str], 
             len(misplaced),
             misplaced[:5],
         )
+    if spaced:
+        # The raw data is never renamed here: the user has to.
+        logger.warning(
+            "%s: skipped %d audio file(s) whose file or folder name holds whitespace, e.g. "
+            "%s: trial lists are whitespace-separated, so their ids could not be written to "
+            "one and read back; rename those files or folders",
+            root,
+            len(spaced),
+            spaced[:5],
+        )
     return utt_ids, speakers, sessions
+
+
+def _has_whitespace(text: str) -> bool:
+    # str.split(), which reads trial lists, splits on every character isspace() accepts.
+    return any(character.isspace() for character in text)
+
+
+def _check_roots_apart(roots: Sequence[str | os.PathLike[str]], resolved: list[Path]) -> None:
+    """Refuse a root given twice or lying inside another: its files would be scanned twice,
+    once with the inner root's folder taken for a speaker of the outer root."""
+    for i, (outer, outer_given) in enumerate(zip(resolved, roots, strict=True)):
+        for inner, inner_given in zip(resolved[i + 1 :], roots[i + 1 :], strict=True):
+            if inner == outer:
+                raise ValueError(
+                    f"corpus roots {outer_given!s} and {inner_given!s} are the same folder "
+                    f"({outer}); give each root once"
+                )
+            for a, a_given, b, b_given in (
+                (inner, inner_given, outer, outer_given),
+                (outer, outer_given, inner, inner_given),
+            ):
+                if a.is_relative_to(b):
+                    raise ValueError(
+                        f"corpus root {a_given!s} ({a}) lies inside corpus root {b_given!s} "
+                        f"({b}): its files would be scanned a second time as part of "
+                        f"{b_given!s}, under {a.relative_to(b).as_posix()}/ and with a wrong "
+                        "speaker; give only one of them"
+                    )
 
 
 def scan_folder_roots(
@@ -59,8 +103,9 @@ def scan_folder_roots(
 
     Columns: the manifest columns plus ``session`` (``""`` without a session level) and
     ``error`` (``""`` unless the header was unreadable). ``source`` is
-    ``folder:<rootname>``. A missing root raises ``FileNotFoundError``; files at the wrong
-    depth are skipped with a warning.
+    ``folder:<rootname>``. A missing root raises ``FileNotFoundError``, a root given twice
+    or inside another ``ValueError``; files at the wrong depth or with whitespace in their
+    path below the root are skipped with a warning (see :func:`walk_files` for links).
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -69,10 +114,12 @@ def scan_folder_roots(
         if not root.is_dir():
             what = "is not a folder" if root.exists() else "does not exist"
             raise FileNotFoundError(f"corpus root {given!s} ({root}) {what}")
+    _check_roots_apart(list(roots), root_paths)
 
     listings = []
     for root in root_paths:
-        utt_ids, speakers, sessions = _split_root(root, walk_files(root, suffixes))
+        others = [other for other in root_paths if other != root]
+        utt_ids, speakers, sessions = _split_root(root, walk_files(root, suffixes, avoid=others))
         if not utt_ids:
             logger.warning("%s: no audio files with suffixes %s", root, list(suffixes))
         listings.append((root, utt_ids, speakers, sessions))
@@ -91,6 +138,13 @@ def scan_folder_roots(
                 f"speaker names clash between roots (e.g. {clashing[:5]}) and root folder "
                 f"names {repeated} repeat, so root-prefixed ids would still clash; give the "
                 "roots distinct folder names"
+            )
+        spaced = sorted({name for name in names if _has_whitespace(name)})
+        if spaced:
+            raise ValueError(
+                f"speaker names clash between roots (e.g. {clashing[:5]}), so ids get their "
+                f"root folder's name as a prefix, but {spaced} hold whitespace and trial "
+                "lists are whitespace-separated; rename those root folders"
             )
         logger.info(
             "speaker names clash between roots (e.g. %s): prefixing ids with root names",

@@ -6,19 +6,20 @@ samples, so a million-file corpus is scanned in minutes; header reads run in a p
 pool when ``workers > 0``. A file whose header cannot be read does not stop the scan: it
 comes back with ``num_frames == -1`` and the reason in ``error``, for validation to report.
 
-This module also holds the two pieces of file-level machinery the corpus modules share:
-:func:`walk_files` (``os.scandir`` walking, no per-file ``stat``) and :func:`parallel_map`
-(an ordered, bounded-memory process-pool map with a progress bar).
+This module also holds :func:`parallel_map` (an ordered, bounded-memory process-pool map
+with a progress bar), which the corpus modules share; finding the files is
+:func:`sv_kedro.corpus.walk.walk_files`.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,6 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sv_kedro.audio.io import AudioDecodeError, audio_info
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "utt_id",
@@ -107,37 +110,6 @@ def check_manifest(df: pd.DataFrame, name: str = "manifest") -> pd.DataFrame:
             "unique (pool clashing roots with root-prefixed ids)"
         )
     return df
-
-
-def walk_files(root: str | os.PathLike[str], suffixes: Iterable[str]) -> list[str]:
-    """Relative paths (``/``-separated, sorted) of files under ``root`` with these suffixes.
-
-    Uses ``os.scandir``, whose directory entries already know whether they are files or
-    folders, so a million-file tree costs one ``getdents`` per folder rather than one
-    ``stat`` per file. Hidden entries (leading ``.``, e.g. temporary files of an
-    interrupted atomic write) are skipped; suffixes match case-insensitively.
-    """
-    wanted = tuple(suffix.lower() for suffix in suffixes)
-    found: list[str] = []
-    pending = [(os.fspath(root), "")]
-    linked: set[str] = set()  # real paths of symlinked folders seen, to stop link cycles
-    while pending:
-        folder, prefix = pending.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    if entry.is_symlink():
-                        real = os.path.realpath(entry.path)
-                        if real in linked:
-                            continue
-                        linked.add(real)
-                    pending.append((entry.path, f"{prefix}{entry.name}/"))
-                elif entry.name.lower().endswith(wanted) and entry.is_file():
-                    found.append(prefix + entry.name)
-    found.sort()
-    return found
 
 
 def _apply_batch(func: Callable[[T], R], batch: list[T]) -> list[R]:

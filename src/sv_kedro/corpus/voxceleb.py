@@ -29,7 +29,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sv_kedro.corpus.conversion import convert_to_wav
-from sv_kedro.corpus.manifest import check_manifest, scan_files, walk_files
+from sv_kedro.corpus.manifest import check_manifest, scan_files
+from sv_kedro.corpus.walk import walk_files
 from sv_kedro.utils.atomic import atomic_write_path
 
 logger = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ class TrialsDataset(VersionedFileDataset[pd.DataFrame, pd.DataFrame]):
         if self._protocol == "file":
             write_trial_list(data, path)
         else:
-            text = "\n".join(format_trial_lines(data)) + "\n"
+            text = "\n".join(format_trial_lines(data, target=path)) + "\n"
             with self._fs.open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
         self._invalidate_cache()

@@ -155,11 +155,16 @@ def read_trial_list(path: str | os.PathLike[str]) -> pd.DataFrame:
         return parse_trial_lines(handle, source=str(path))
 
 
-def format_trial_lines(trials: pd.DataFrame) -> list[str]:
-    """Lines of a trials DataFrame; the label column is written when it has no gaps."""
+def format_trial_lines(trials: pd.DataFrame, target: str = "<trials>") -> list[str]:
+    """Lines of a trials DataFrame; the label column is written when it has no gaps.
+
+    Raises :class:`TrialListError` naming ``target`` and up to five ids when an id is
+    empty or holds whitespace: its line could not be read back.
+    """
     missing = [c for c in ("enrol", "test") if c not in trials.columns]
     if missing:
         raise TrialListError(f"trials DataFrame lacks column(s) {missing}")
+    _check_ids_writable(trials, target)
     with_label = "label" in trials.columns and not trials["label"].isna().any()
     if with_label:
         return [
@@ -169,7 +174,29 @@ def format_trial_lines(trials: pd.DataFrame) -> list[str]:
     return [f"{e} {t}" for e, t in zip(trials["enrol"], trials["test"], strict=True)]
 
 
+def _check_ids_writable(trials: pd.DataFrame, target: str) -> None:
+    ids: set[str] = set()
+    for column in ("enrol", "test"):
+        values = trials[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            # Look at the categories in use only: a subset keeps its parent's categories.
+            codes = values.cat.codes.to_numpy()
+            ids.update(map(str, values.cat.categories[np.unique(codes[codes >= 0])]))
+        else:
+            ids.update(map(str, values.unique()))
+    # str.split(), which parses the lines, splits on every character isspace() accepts.
+    bad = sorted(i for i in ids if not i or any(character.isspace() for character in i))
+    if bad:
+        raise TrialListError(
+            f"{target}: {len(bad)} utterance id(s) are empty or hold whitespace, e.g. "
+            f"{bad[:5]}; trial lists are whitespace-separated, so those lines could not be "
+            "read back (rename the files or folders they come from); nothing was written"
+        )
+
+
 def write_trial_list(trials: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write a trials DataFrame atomically in the VoxCeleb format."""
+    """Write a trials DataFrame atomically in the VoxCeleb format; ids that could not be
+    read back (empty, or holding whitespace) raise before anything is written."""
+    lines = format_trial_lines(trials, target=os.fspath(path))
     with atomic_write_path(path) as tmp:
-        tmp.write_text("\n".join(format_trial_lines(trials)) + "\n", encoding="utf-8")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
