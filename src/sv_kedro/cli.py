@@ -7,7 +7,10 @@
     kedro sweep lr_seed_grid --env voxceleb --executor slurm
     kedro sweep pooling_study --params training.max_steps=20 --max-runs 2
 
-Re-running a command finishes only the runs that have no result yet.
+Re-running a command finishes only the runs that have no result yet. Re-running it with
+other settings (``--params``, ``--env``) is refused while run folders hold results or
+checkpoints of the old ones, which would pass for the new settings' (give it another
+``--output-root``, or delete those run folders).
 
 ``kedro check-setup`` dry-runs supervised systems before a long job: for each it builds the
 model, optimiser and data loader from the environment's parameters, loads one batch of the
@@ -40,6 +43,11 @@ def cli() -> None:
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default=None)
 @click.option("--isolation", type=click.Choice(["subprocess", "in_process"]), default=None)
 @click.option(
+    "--output-root",
+    default=None,
+    help="Write the sweep under OUTPUT_ROOT/<name>/ (default: the sweep's output_root).",
+)
+@click.option(
     "--max-runs",
     type=click.IntRange(min=1),
     default=None,
@@ -47,9 +55,13 @@ def cli() -> None:
 )
 @click.option("--list", "list_only", is_flag=True, help="List the defined sweeps and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the runs without running them.")
-def sweep(name, env, params, executor, isolation, max_runs, list_only, dry_run) -> None:
+def sweep(
+    name, env, params, executor, isolation, output_root, max_runs, list_only, dry_run
+) -> None:
     """Run the sweep NAME: a grid of --params overrides x seeds, one kedro run each."""
+    from sv_kedro.sweeps.execution import sweep_folder
     from sv_kedro.sweeps.project import list_sweeps, load_sweep_spec, run_project_sweep
+    from sv_kedro.sweeps.run_folder import SweepSettingsError, check_recorded_settings
 
     project = Path.cwd()
     if list_only or not name:
@@ -57,16 +69,23 @@ def sweep(name, env, params, executor, isolation, max_runs, list_only, dry_run) 
             click.echo(f"{sweep_name}: {description}")
         return
     overrides = _flatten(_parse_params(params))
-    settings = {k: v for k, v in (("executor", executor), ("isolation", isolation)) if v}
+    chosen = (("executor", executor), ("isolation", isolation), ("output_root", output_root))
+    settings = {k: v for k, v in chosen if v}
     try:
         spec = load_sweep_spec(project, name, env, overrides, settings)
     except KeyError as exc:  # an unknown NAME: its message lists the defined sweeps
         raise click.ClickException(str(exc.args[0])) from exc
-    if dry_run:
-        for run in spec.runs():
-            click.echo(f"{run.run_id}: {run.overrides}")
-        return
-    report = run_project_sweep(project, spec, max_runs=max_runs)
+    except ValueError as exc:  # a bad definition or a misspelt key: the message names it
+        raise click.ClickException(str(exc)) from exc
+    try:
+        if dry_run:
+            check_recorded_settings(spec, sweep_folder(spec, project))
+            for run in spec.runs():
+                click.echo(f"{run.run_id}: {run.overrides}")
+            return
+        report = run_project_sweep(project, spec, max_runs=max_runs)
+    except SweepSettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
     counts = {s: sum(o.status == s for o in report.outcomes) for s in ("done", "skipped", "failed")}
     click.echo(report.markdown)
     click.echo(f"runs: {counts}; tables in {report.sweep_dir}")

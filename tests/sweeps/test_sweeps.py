@@ -1,16 +1,21 @@
-"""Sweep definitions, run folders and the mean ± std table (no training here; the real
-sweep runs in tests/pipelines/test_supervised_training.py)."""
+"""Sweep definitions, run folders and the mean ± std table (no training here: a fake
+stands in for the kedro run of a sweep run; the real sweep runs in
+tests/pipelines/test_supervised_training.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sv_kedro.sweeps.execution import RESULT_FILE, prepare_run_dir, run_sweep, select_metric
-from sv_kedro.sweeps.results import write_results
+from sv_kedro.sweeps import execution, run_folder
+from sv_kedro.sweeps.execution import prepare_run_dir, run_sweep
+from sv_kedro.sweeps.results import collect_runs, write_results
+from sv_kedro.sweeps.run_folder import RESULT_FILE, SweepSettingsError, read_json, select_metric
 from sv_kedro.sweeps.spec import SweepSpec, nest_overrides
 
 
@@ -66,9 +71,40 @@ def fake_project(tmp_path: Path) -> Path:
     return project
 
 
-def test_run_folders_share_inputs_and_finished_runs_are_skipped(tmp_path: Path):
+@pytest.fixture
+def kedro_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stands in for the ``kedro run`` of each sweep run (``in_process`` isolation): writes
+    the metrics.json evaluation would, with an EER from the run's max_steps and seed (the
+    cosine back-end's half the fusion's), and lists the run folders it ran in."""
+    ran: list[str] = []
+
+    def fake_kedro_run(run_dir: Path, recorded: dict) -> None:
+        ran.append(run_dir.name)
+        overrides = recorded["overrides"]
+        eer = overrides["training.max_steps"] / 100 + overrides["training.seed"] / 1000
+        fusion = {"eer": eer, "min_dcf_0.01": 2 * eer, "min_dcf_0.05": eer}
+        cosine = {key: value / 2 for key, value in fusion.items()}
+        path = run_dir / "data" / "08_reporting" / recorded["namespace"] / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"test": {"fusion": fusion, "cosine": cosine}}))
+
+    monkeypatch.setattr(execution, "_kedro_run", fake_kedro_run)
+    return ran
+
+
+def faked_spec(tmp_path: Path, **extra) -> SweepSpec:
+    return pooling_spec(isolation="in_process", output_root=str(tmp_path / "sweeps"), **extra)
+
+
+def results_of(sweep_dir: Path) -> dict[str, str]:
+    return {path.parent.name: path.read_text() for path in sweep_dir.glob(f"runs/*/{RESULT_FILE}")}
+
+
+def test_run_folders_share_inputs_and_finished_runs_are_skipped(
+    tmp_path: Path, kedro_runs: list[str]
+):
     project = fake_project(tmp_path)
-    spec = pooling_spec(output_root=str(tmp_path / "sweeps"))
+    spec = faked_spec(tmp_path)
     run = spec.runs()[0]
     run_dir = prepare_run_dir(project, tmp_path / "sweeps" / spec.name, spec, run)
     assert (run_dir / "conf").resolve() == (project / "conf").resolve()
@@ -76,13 +112,141 @@ def test_run_folders_share_inputs_and_finished_runs_are_skipped(tmp_path: Path):
     assert not (run_dir / "data" / "06_models").exists()  # outputs stay per run
     written = json.loads((run_dir / "run.json").read_text())
     assert written["namespace"] == "wav2vec2_sv_aam" and written["seed"] == 0
-    # Every run marked finished: nothing is executed and all are reported skipped.
-    for other in spec.runs():
-        folder = tmp_path / "sweeps" / spec.name / "runs" / other.run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / RESULT_FILE).write_text(json.dumps({"eer": 0.1}))
+    # Every run finished: a re-run executes nothing and reports all skipped.
+    _, outcomes = run_sweep(spec, project)
+    assert [o.status for o in outcomes] == ["done"] * 4
     _, outcomes = run_sweep(spec, project)
     assert [o.status for o in outcomes] == ["skipped"] * 4
+    assert len(kedro_runs) == 4
+
+
+def test_a_resumed_sweep_redoes_only_unfinished_runs(tmp_path: Path, kedro_runs: list[str]):
+    project = fake_project(tmp_path)
+    spec = faked_spec(tmp_path)
+    runs = spec.runs()
+    sweep_dir, outcomes = run_sweep(spec, project, max_runs=2)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    finished = results_of(sweep_dir)
+    # The third run was interrupted: it left a checkpoint and no result.
+    interrupted = prepare_run_dir(project, sweep_dir, spec, runs[2])
+    (interrupted / "data" / "06_models" / spec.system).mkdir(parents=True)
+    (interrupted / "data" / "06_models" / spec.system / "last.pt").write_bytes(b"state")
+    _, outcomes = run_sweep(spec, project)
+    assert [o.status for o in outcomes] == ["skipped", "skipped", "done", "done"]
+    assert kedro_runs == [run.run_id for run in runs]  # each ran once
+    assert {k: v for k, v in results_of(sweep_dir).items() if k in finished} == finished
+    runs_table, _, _ = write_results(spec, sweep_dir)
+    assert list(runs_table["status"]) == ["done"] * 4
+
+
+def test_other_settings_are_refused_before_anything_runs(tmp_path: Path, kedro_runs: list[str]):
+    project = fake_project(tmp_path)
+    sweep_dir, _ = run_sweep(faked_spec(tmp_path), project)  # training.max_steps: 5
+    finished = results_of(sweep_dir)
+    # --params training.max_steps=6: the shared params, so every run's settings change.
+    steps_6 = faked_spec(tmp_path, params={"training.max_steps": 6})
+    with pytest.raises(SweepSettingsError) as refused:
+        run_sweep(steps_6, project)
+    message = str(refused.value)
+    assert message.startswith(
+        f"sweep pooling: 4 of 4 run folder(s) in {sweep_dir / 'runs'} hold results or "
+        "checkpoints made with other settings (first: model.pooling=mean__seed=0, "
+        "training.max_steps was 5 and is now 6)."
+    )
+    assert "--output-root" in message and "delete those run folders" in message
+    with pytest.raises(SweepSettingsError, match=r"env was None and is now 'folder'"):
+        run_sweep(faked_spec(tmp_path, env="folder"), project)
+    with pytest.raises(SweepSettingsError, match=r"data\.batch_size was unset and is now 8"):
+        run_sweep(
+            faked_spec(tmp_path, params={"training.max_steps": 5, "data.batch_size": 8}), project
+        )
+    # Nothing ran and the old results are as they were.
+    assert len(kedro_runs) == 4
+    assert results_of(sweep_dir) == finished
+    # Another folder is the way out.
+    elsewhere = pooling_spec(isolation="in_process", output_root=str(tmp_path / "elsewhere"))
+    elsewhere.params["training.max_steps"] = 6
+    _, outcomes = run_sweep(elsewhere, project)
+    assert [o.status for o in outcomes] == ["done"] * 4
+
+
+def test_a_checkpoint_of_other_settings_is_refused_a_bare_failure_is_redone(
+    tmp_path: Path, kedro_runs: list[str]
+):
+    project = fake_project(tmp_path)
+    old, new = faked_spec(tmp_path), faked_spec(tmp_path, params={"training.max_steps": 6})
+    sweep_dir = tmp_path / "sweeps" / "pooling"
+    runs = old.runs()
+    # Run 0 was interrupted with a checkpoint the training would resume from; run 1 failed
+    # before writing anything.
+    checkpoint = prepare_run_dir(project, sweep_dir, old, runs[0]) / "data" / "06_models" / "x"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"state")
+    failed = prepare_run_dir(project, sweep_dir, old, runs[1])
+    (failed / "failure.json").write_text(json.dumps({"error": "ValueError: boom"}))
+    with pytest.raises(SweepSettingsError, match=r"1 of 4 run folder\(s\).*first: "):
+        run_sweep(new, project)
+    assert kedro_runs == []
+    checkpoint.unlink()  # what the message says to do (here, the folder's only output)
+    _, outcomes = run_sweep(new, project)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert read_json(failed / "run.json")["overrides"]["training.max_steps"] == 6
+    assert not (failed / "failure.json").exists()
+
+
+def test_a_new_metric_is_selected_again_without_rerunning(tmp_path: Path, kedro_runs: list[str]):
+    project = fake_project(tmp_path)
+    sweep_dir, _ = run_sweep(faked_spec(tmp_path), project)
+    cosine = faked_spec(tmp_path, metric={"backend": "cosine"})
+    _, outcomes = run_sweep(cosine, project)
+    assert [o.status for o in outcomes] == ["skipped"] * 4
+    assert len(kedro_runs) == 4
+    result = read_json(sweep_dir / "runs" / "model.pooling=mean__seed=1" / RESULT_FILE)
+    assert result["metric"] == {"trial_set": "test", "backend": "cosine"}
+    assert result["eer"] == pytest.approx((5 / 100 + 1 / 1000) / 2)
+    with pytest.raises(SweepSettingsError, match=r"no back-end 'plda'.*\['cosine', 'fusion'\]"):
+        run_sweep(faked_spec(tmp_path, metric={"backend": "plda"}), project)
+
+
+def test_an_unreadable_result_is_named_moved_aside_and_redone(
+    tmp_path: Path, kedro_runs: list[str], caplog: pytest.LogCaptureFixture
+):
+    project = fake_project(tmp_path)
+    spec = faked_spec(tmp_path)
+    sweep_dir, _ = run_sweep(spec, project)
+    path = sweep_dir / "runs" / "model.pooling=mean__seed=1" / RESULT_FILE
+    text = path.read_text()
+    truncated = text[: text.index('"point"') + 4]  # cut inside a string
+    path.write_text(truncated)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not valid JSON: Unterminated")):
+        read_json(path)
+    with caplog.at_level(logging.WARNING, logger=run_folder.__name__):
+        _, outcomes = run_sweep(spec, project)
+    assert {o.run_id: o.status for o in outcomes} == {
+        "model.pooling=mean__seed=0": "skipped",
+        "model.pooling=mean__seed=1": "done",
+        "model.pooling=first+cls__seed=0": "skipped",
+        "model.pooling=first+cls__seed=1": "skipped",
+    }
+    assert kedro_runs[-1] == "model.pooling=mean__seed=1" and len(kedro_runs) == 5
+    aside = path.with_name("result.json.corrupt")
+    assert aside.read_text() == truncated
+    assert str(aside) in caplog.text and str(path) in caplog.text
+    assert read_json(path)["eer"] == pytest.approx(0.051)
+    # A second bad copy does not replace the first.
+    path.write_text("[]")
+    run_sweep(spec, project)
+    assert aside.read_text() == truncated and path.with_name("result.json.corrupt-2").is_file()
+
+
+def test_an_unreadable_failure_still_counts_as_failed(tmp_path: Path):
+    spec = pooling_spec()
+    folder = tmp_path / "runs" / spec.runs()[0].run_id
+    folder.mkdir(parents=True)
+    (folder / "failure.json").write_text('{"error": "Val')
+    runs = collect_runs(spec, tmp_path)
+    assert runs["status"].iloc[0] == "failed"
+    assert f"{folder / 'failure.json'} is not valid JSON" in runs["error"].iloc[0]
 
 
 def test_results_table_has_mean_and_std_over_seeds(tmp_path: Path):
@@ -160,3 +324,47 @@ def test_metric_seeds_pipeline_and_system_are_checked_up_front():
     # Another pipeline's namespaces are systems too (a stage of the self-supervised study).
     ssl = pooling_spec(pipeline="ssl_pseudo_labeling", system="ssl_pseudo_labeling")
     assert ssl.system == "ssl_pseudo_labeling"
+
+
+def test_misspelt_sweep_keys_are_refused_when_the_spec_loads(kedro_project: Path):
+    from sv_kedro.sweeps.project import load_sweep_spec
+
+    typo = {"variants": {"b8": {"data.batch_sise": 8}}}
+    with pytest.raises(ValueError) as refused:
+        load_sweep_spec(kedro_project, "loss_seeds", None, {"training.max_step": 2}, typo)
+    assert str(refused.value) == (
+        "sweeps.loss_seeds: key(s) not in the base configuration of wav2vec2_sv_ce: "
+        "training.max_step in --params (did you mean training.max_steps?); "
+        "data.batch_sise in sweeps.loss_seeds.variants.b8 (did you mean data.batch_size?)"
+    )
+    fine = {"variants": {"b8": {"data.batch_size": 8}}}
+    spec = load_sweep_spec(kedro_project, "loss_seeds", None, {"training.max_steps": 2}, fine)
+    assert spec.params["training.max_steps"] == 2
+
+
+def test_sweep_dry_run_refuses_typos_and_other_settings(kedro_project: Path):
+    from click.testing import CliRunner
+
+    from sv_kedro.cli import cli
+    from sv_kedro.sweeps.project import load_sweep_spec
+
+    def sweep(*args: str):
+        return CliRunner().invoke(cli, ["sweep", "loss_seeds", "--dry-run", *args])
+
+    typo = sweep("--params", "training.max_step=2")
+    assert typo.exit_code == 1, typo.output
+    assert "training.max_step in --params (did you mean training.max_steps?)" in typo.output
+    assert "Traceback" not in typo.output
+    # A finished run of max_steps=2 in the default folder...
+    spec = load_sweep_spec(kedro_project, "loss_seeds", None, {"training.max_steps": 2})
+    run_dir = prepare_run_dir(
+        kedro_project, kedro_project / "data/09_sweeps/loss_seeds", spec, spec.runs()[0]
+    )
+    (run_dir / RESULT_FILE).write_text(json.dumps({"metric": spec.metric, "eer": 0.1}))
+    other = sweep("--params", "training.max_steps=3")
+    assert other.exit_code == 1, other.output
+    assert "training.max_steps was 2 and is now 3" in other.output
+    # ...is no obstacle in another folder.
+    elsewhere = sweep("--params", "training.max_steps=3", "--output-root", "data/09_other")
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert "default__seed=0: {'training.max_steps': 3, 'training.seed': 0}" in elsewhere.output

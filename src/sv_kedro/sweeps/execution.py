@@ -6,13 +6,7 @@ shares the real project's ``conf`` and input data layers (``data/01_raw`` ..
 metrics under its own ``data/06_models`` .. ``data/08_reporting``. So runs never overwrite
 each other, and a finished run's outputs stay for inspection.
 
-Bookkeeping files in a run folder:
-
-- ``run.json``: what to run (pipeline, env, namespace, ``--params`` overrides);
-- ``result.json``: written last, on success, with the run's metrics. Its presence marks
-  the run as finished: a re-run of the sweep skips it;
-- ``failure.json``: the error of the last failed attempt (a re-run tries again);
-- ``log.txt``: stdout and stderr of a subprocess run.
+Its bookkeeping files, and when a finished run still counts, are ``run_folder``'s.
 
 Executors: ``local`` runs one after another (``isolation: subprocess``, the default, starts
 a fresh Python per run so a crash or a leak cannot touch the others; ``in_process`` saves
@@ -23,7 +17,6 @@ waits. A failed run is recorded and the others go on.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -36,17 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sv_kedro.sweeps.run_folder import (
+    FAILURE_FILE,
+    LOG_FILE,
+    RESULT_FILE,
+    RUN_FILE,
+    SHARED_LAYERS,
+    check_recorded_settings,
+    is_finished,
+    metrics_file,
+    read_json,
+    select_metric,
+    write_json,
+)
 from sv_kedro.sweeps.spec import SweepRun, SweepSpec
-from sv_kedro.utils.atomic import atomic_write_path
 
 log = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
-RESULT_FILE = "result.json"
-FAILURE_FILE = "failure.json"
-LOG_FILE = "log.txt"
-# Input layers a run reads from the project (outputs 06-08 stay inside the run folder).
-SHARED_LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input")
 
 
 @dataclass
@@ -57,18 +55,6 @@ class RunOutcome:
     status: str
     wall_s: float = 0.0
     error: str = ""
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_write_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(payload, indent=2, default=str))
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or ``None`` when the file is absent."""
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def _link(target: Path, link: Path) -> None:
@@ -93,7 +79,7 @@ def prepare_run_dir(project: Path, sweep_dir: Path, spec: SweepSpec, run: SweepR
     for layer in SHARED_LAYERS:
         if (project / "data" / layer).exists():
             _link(project / "data" / layer, run_dir / "data" / layer)
-    _write_json(
+    write_json(
         run_dir / RUN_FILE,
         {
             "sweep": spec.name,
@@ -122,19 +108,17 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def select_metric(metrics: dict[str, Any], metric: dict[str, str], where: str) -> dict[str, float]:
-    """EER and minDCFs of ``metric``'s trial set and back-end from an evaluation metrics JSON."""
-    trial_set, backend = metric["trial_set"], metric["backend"]
-    if trial_set not in metrics:
-        raise KeyError(f"{where}: no trial set {trial_set!r}; found {sorted(metrics)}")
-    by_backend = metrics[trial_set]
-    if backend not in by_backend:
-        raise KeyError(
-            f"{where}: no back-end {backend!r} in trial set {trial_set!r}; "
-            f"found {sorted(by_backend)}"
-        )
-    values = by_backend[backend]
-    return {key: float(values[key]) for key in ("eer", "min_dcf_0.01", "min_dcf_0.05")}
+def _kedro_run(run_dir: Path, recorded: dict[str, Any]) -> None:
+    """``kedro run --pipelines <pipeline> --namespaces <namespace>`` in the run folder."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    with working_directory(run_dir):
+        bootstrap_project(run_dir)
+        with KedroSession.create(
+            project_path=run_dir, env=recorded["env"], runtime_params=recorded["runtime_params"]
+        ) as session:
+            session.run(pipeline_names=[recorded["pipeline"]], namespaces=[recorded["namespace"]])
 
 
 def run_point(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -142,22 +126,14 @@ def run_point(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     Writes ``result.json`` on success and ``failure.json`` (then re-raises) on error.
     """
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
     run_dir = Path(run_dir).resolve()
     spec = read_json(run_dir / RUN_FILE)
     if spec is None:
         raise FileNotFoundError(f"{run_dir / RUN_FILE} is missing: prepare the run folder first")
     start = time.perf_counter()
     try:
-        with working_directory(run_dir):
-            bootstrap_project(run_dir)
-            with KedroSession.create(
-                project_path=run_dir, env=spec["env"], runtime_params=spec["runtime_params"]
-            ) as session:
-                session.run(pipeline_names=[spec["pipeline"]], namespaces=[spec["namespace"]])
-        metrics_path = run_dir / "data" / "08_reporting" / spec["namespace"] / "metrics.json"
+        _kedro_run(run_dir, spec)
+        metrics_path = metrics_file(run_dir, spec["namespace"])
         metrics = read_json(metrics_path)
         if metrics is None:
             raise FileNotFoundError(f"{metrics_path}: the run wrote no evaluation metrics")
@@ -171,7 +147,7 @@ def run_point(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "wall_s": time.perf_counter() - start,
         }
     except BaseException as error:
-        _write_json(
+        write_json(
             run_dir / FAILURE_FILE,
             {
                 "run_id": spec["run_id"],
@@ -181,14 +157,17 @@ def run_point(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             },
         )
         raise
-    _write_json(run_dir / RESULT_FILE, result)
+    write_json(run_dir / RESULT_FILE, result)
     (run_dir / FAILURE_FILE).unlink(missing_ok=True)
     return result
 
 
 def _failure_message(run_dir: Path, fallback: str) -> str:
-    failure = read_json(run_dir / FAILURE_FILE)
-    return str(failure["error"]) if failure else fallback
+    try:
+        failure = read_json(run_dir / FAILURE_FILE)
+    except ValueError as error:  # the failure is still reported; the sweep goes on
+        return f"{fallback} ({error})"
+    return str(failure.get("error", fallback)) if failure else fallback
 
 
 def execute_local(run_dirs: Sequence[Path], isolation: str) -> list[RunOutcome]:
@@ -267,24 +246,32 @@ def execute_slurm(run_dirs: Sequence[Path], spec: SweepSpec, sweep_dir: Path) ->
     return outcomes
 
 
+def sweep_folder(spec: SweepSpec, project: str | os.PathLike[str]) -> Path:
+    """``<output_root>/<name>``, a relative ``output_root`` taken from the project root."""
+    output_root = Path(spec.output_root)
+    return (output_root if output_root.is_absolute() else Path(project) / output_root) / spec.name
+
+
 def run_sweep(
     spec: SweepSpec, project: str | os.PathLike[str], max_runs: int | None = None
 ) -> tuple[Path, list[RunOutcome]]:
     """Run every unfinished run of ``spec`` (at most ``max_runs`` of them).
 
     Returns the sweep folder and this invocation's outcomes (finished runs: ``skipped``).
+    Raises ``SweepSettingsError``, before anything runs, when run folders hold work done
+    with other settings (see the module docstring).
     """
     # Below 1 no run would start, and the sweep would report success having done nothing.
     if max_runs is not None and max_runs < 1:
         raise ValueError(f"max_runs must be >= 1 (or None for all), got {max_runs}")
     project = Path(project).resolve()
-    output_root = Path(spec.output_root)
-    sweep_dir = (output_root if output_root.is_absolute() else project / output_root) / spec.name
+    sweep_dir = sweep_folder(spec, project)
+    check_recorded_settings(spec, sweep_dir)
     outcomes: list[RunOutcome] = []
     pending: list[Path] = []
     for run in spec.runs():
         run_dir = sweep_dir / "runs" / run.run_id
-        if (run_dir / RESULT_FILE).is_file():
+        if is_finished(run_dir, spec.metric):
             outcomes.append(RunOutcome(run.run_id, "skipped"))
             continue
         if max_runs is not None and len(pending) >= max_runs:

@@ -18,7 +18,8 @@ import pandas as pd
 
 from sv_kedro.sweeps.execution import RunOutcome, run_sweep, working_directory
 from sv_kedro.sweeps.results import write_results
-from sv_kedro.sweeps.spec import SweepSpec
+from sv_kedro.sweeps.spec import SweepSpec, nest_overrides
+from sv_kedro.utils.params import misspelt_keys
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,39 @@ def load_sweep_spec(
     if env is not None:
         values["env"] = env
     values["params"] = {**(values.get("params") or {}), **dict(overrides or {})}
-    return SweepSpec.from_params(name, values)
+    spec = SweepSpec.from_params(name, values)
+    _refuse_misspelt_keys(spec, dict(overrides or {}), context)
+    return spec
+
+
+def _refuse_misspelt_keys(spec: SweepSpec, cli_overrides: dict[str, Any], context: Any) -> None:
+    """What ``ParameterCheckHook`` does for ``kedro run --params``, for every key the sweep
+    sets, before its first run (and in ``--dry-run``): otherwise a typo fails each run, or
+    passes unnoticed where a node reads that key with a default."""
+    where = f"sweeps.{spec.name}"
+    keys = [("--params", key, value) for key, value in cli_overrides.items()]
+    keys += [(f"{where}.params", k, v) for k, v in spec.params.items() if k not in cli_overrides]
+    keys += [(f"{where}.grid", axis, v) for axis, values in spec.grid.items() for v in values]
+    keys += [
+        (f"{where}.variants.{variant}", key, value)
+        for variant, overrides in spec.variants.items()
+        for key, value in overrides.items()
+    ]
+    keys.append((f"{where}.seed_key", spec.seed_key, 0))
+    configured = context.params.get(spec.system) or {}
+    typos: dict[tuple[str, str], str] = {}  # (given, meant) -> where it was given first
+    for source, key, value in keys:
+        for given, meant in misspelt_keys(nest_overrides("", {key: value}), configured):
+            typos.setdefault((given, meant), source)
+    if typos:
+        listed = "; ".join(
+            f"{given} in {source} (did you mean {meant}?)"
+            for (given, meant), source in typos.items()
+        )
+        raise ValueError(
+            f"{where}: key(s) not in the {context.config_loader.env or 'base'} configuration "
+            f"of {spec.system}: {listed}"
+        )
 
 
 def list_sweeps(project: str | os.PathLike[str], env: str | None = None) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sv_kedro.sweeps.execution import FAILURE_FILE, RESULT_FILE, read_json
+from sv_kedro.sweeps.run_folder import FAILURE_FILE, RESULT_FILE, read_json
 from sv_kedro.sweeps.spec import SweepSpec
 from sv_kedro.utils.atomic import atomic_write_path
 
@@ -20,8 +20,11 @@ def collect_runs(spec: SweepSpec, sweep_dir: Path) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for run in spec.runs():
         run_dir = sweep_dir / "runs" / run.run_id
-        result = read_json(run_dir / RESULT_FILE)
-        failure = read_json(run_dir / FAILURE_FILE)
+        result = read_json(run_dir / RESULT_FILE)  # unreadable: an error naming the file
+        try:
+            failure = read_json(run_dir / FAILURE_FILE)
+        except ValueError as error:  # the run failed all the same; the table still gets made
+            failure = {"error": str(error)}
         row: dict[str, Any] = {"point": run.point, "seed": run.seed, "run_id": run.run_id}
         if result is not None:
             row.update(status="done", **{m: result[m] for m in METRICS}, wall_s=result["wall_s"])
