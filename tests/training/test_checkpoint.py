@@ -16,6 +16,7 @@ from sv_kedro.training.checkpoint import (
     checkpoint_summary,
     load_checkpoint,
     save_checkpoint,
+    torch_load_weights_only,
 )
 from sv_kedro.training.rng_state import capture_rng_state, restore_rng_state
 
@@ -186,6 +187,15 @@ def test_unreadable_file_is_not_described_as_unsafe(tmp_path, contents, message)
         with pytest.raises(CheckpointError, match=pattern) as err:
             load_checkpoint(source)
         assert "could run code" not in str(err.value)
+
+
+def test_a_folder_is_named_as_one(tmp_path):
+    (tmp_path / "weights.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"weights\.pt: is a folder, not a torch file$"):
+        load_checkpoint(tmp_path / "weights.pt")
+    # The embeddings reader goes through the weights-only loader directly.
+    with pytest.raises(CheckpointError, match=r"weights\.pt: is a folder, not a torch file$"):
+        torch_load_weights_only(tmp_path / "weights.pt", str(tmp_path / "weights.pt"))
 
 
 def test_a_plain_pickle_is_named_as_one_with_the_fix(tmp_path):

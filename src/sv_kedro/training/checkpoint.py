@@ -171,6 +171,8 @@ def load_checkpoint(
     """
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
+        if Path(name).is_dir():
+            raise CheckpointError(f"{name}: is a folder, not a torch file")
         if not Path(name).is_file():
             raise CheckpointError(f"{name}: checkpoint file not found")
     else:
@@ -359,6 +361,8 @@ def _json_float(value: Any) -> float | None:
 
 def _unreadable(source: str | os.PathLike[str] | BinaryIO, name: str, exc: BaseException) -> str:
     """Why ``source`` did not load: not torch data at all, or a damaged torch file."""
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        return f"{name}: is a folder, not a torch file"
     head = _file_head(source)
     if head == b"":
         return f"{name}: not a readable torch file: it is empty"
