@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from sv_kedro.utils.params import as_float, as_int, check_keys, coerce_scalars
+from sv_kedro.utils.params import as_bool, as_float, as_int, check_keys, coerce_scalars
 
 
 @dataclass
@@ -34,6 +34,10 @@ def test_integers_and_numbers_are_converted_or_named():
     for bad in ("abc", False, None, [1]):
         with pytest.raises(ValueError, match=r"^a\.b must be a number, got "):
             as_float(bad, "a.b")
+    assert (as_bool(True, "k"), as_bool(False, "k")) == (True, False)
+    for bad in ("no", "false", 0, 1, None):  # "no" and "false" are truthy strings
+        with pytest.raises(KeyError, match=r"a\.b must be true or false, got "):
+            as_bool(bad, "a.b", KeyError)
 
 
 def test_scalars_are_converted_by_their_annotation_or_named():

@@ -38,7 +38,7 @@ from sv_kedro.models.pooling import build_pooling
 from sv_kedro.models.speaker_model import SpeakerModel
 from sv_kedro.models.ssl_encoder import SSLEncoder, check_encoder_config
 from sv_kedro.models.tdnn import XVectorTDNN
-from sv_kedro.utils.params import as_float, as_int
+from sv_kedro.utils.params import as_bool, as_float, as_int
 
 ARCHITECTURES: tuple[str, ...] = ("ssl", "ssl_mhfa", "ssl_paired", "xvector", "ecapa_tdnn")
 HEAD_DEFAULTS: dict[str, Any] = {
@@ -109,9 +109,7 @@ def _like_default(value: Any, default: Any, key: str) -> Any:
     numbers >= 1, switches are booleans, rates are numbers >= 0 (dropout below 1); a wrong
     one raises naming ``key`` here rather than a bare error deep inside a layer."""
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
-        return value
+        return as_bool(value, key)
     if isinstance(default, int):
         number = as_int(value, key)
         if number < 1:

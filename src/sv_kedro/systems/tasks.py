@@ -24,7 +24,7 @@ from sv_kedro.losses.l2sp import L2SPRegularizer
 from sv_kedro.losses.label_correction import correct_labels
 from sv_kedro.losses.loss_gate import GateSchedule, LossGate
 from sv_kedro.training.task import GatheredLosses, StepOutput, TrainState
-from sv_kedro.utils.params import as_float, as_int
+from sv_kedro.utils.params import as_bool, as_float, as_int
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,7 @@ GATE_DEFAULTS: dict[str, Any] = {
 def _checked_gate(config: dict[str, Any]) -> dict[str, Any]:
     """The gate settings with their types and ranges checked, naming ``gate.<key>``."""
     checked = dict(config)
-    if not isinstance(checked["enabled"], bool):
-        raise ValueError(f"gate.enabled must be true or false, got {checked['enabled']!r}")
+    as_bool(checked["enabled"], "gate.enabled")
     for key in ("lgl_start_epoch", "dlg_start_epoch", "lc_start_epoch"):
         if checked[key] is not None:  # null: that mechanism stays off
             checked[key] = as_int(checked[key], f"gate.{key}")

@@ -30,6 +30,7 @@ from sv_kedro.training.launcher import DistributedConfig, launch
 from sv_kedro.training.loop import train
 from sv_kedro.training.progress import metrics_frame
 from sv_kedro.training.resume import seed_everything
+from sv_kedro.utils.params import as_bool
 
 
 @dataclass
@@ -53,8 +54,7 @@ class TrainingJob:
 
     def __post_init__(self) -> None:
         # "resume: nope" would be true, and a fresh run would resume.
-        if not isinstance(self.resume, bool):
-            raise ValueError(f"run.resume must be true or false, got {self.resume!r}")
+        as_bool(self.resume, "run.resume")
 
 
 @dataclass

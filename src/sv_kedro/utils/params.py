@@ -59,6 +59,14 @@ def as_float(value: Any, key: str, error: type[Exception] = ValueError) -> float
     raise error(f"{key} must be a number, got {value!r}")
 
 
+def as_bool(value: Any, key: str, error: type[Exception] = ValueError) -> bool:
+    """``value`` if it is a boolean; anything else raises ``error`` naming ``key``, as the
+    string ``"no"`` would otherwise count as true."""
+    if not isinstance(value, bool):
+        raise error(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def misspelt_keys(
     overrides: Mapping[str, Any], known: Mapping[str, Any], prefix: str = ""
 ) -> list[tuple[str, str]]:
@@ -99,8 +107,7 @@ def coerce_scalars(
         if value is None:
             continue
         if kinds <= {bool, type(None)} and bool in kinds:
-            if not isinstance(value, bool):
-                raise error(f"{where}.{key} must be true or false, got {value!r}")
+            as_bool(value, f"{where}.{key}", error)
             continue
         if not kinds <= {int, float, type(None)}:
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sv_kedro.utils.params import as_float, as_int, check_keys
+from sv_kedro.utils.params import as_bool, as_float, as_int, check_keys
 
 SOURCES = ("synthetic", "folder", "voxceleb")
 ROOT = "data_engineering"
@@ -115,7 +115,4 @@ def float_param(settings: Mapping[str, Any], key: str, default: float, where: st
 def bool_param(settings: Mapping[str, Any], key: str, default: bool, where: str = ROOT) -> bool:
     """``<where>.<key>`` as a boolean (``default`` when absent); the string ``"no"`` and any
     other non-boolean are errors naming the key, not a silent ``True``."""
-    value = settings.get(key, default)
-    if not isinstance(value, bool):
-        raise DataEngineeringError(f"parameter {where}.{key} must be true or false, got {value!r}")
-    return value
+    return as_bool(settings.get(key, default), f"{where}.{key}", DataEngineeringError)

@@ -42,7 +42,7 @@ from sv_kedro.training.lr_finder import lr_range_test, plot_lr_finder
 from sv_kedro.training.optim import build_optimizer
 from sv_kedro.training.task import LoaderRequest, TrainState, move_to_device
 from sv_kedro.utils.atomic import atomic_write_path
-from sv_kedro.utils.params import as_float, as_int, check_keys
+from sv_kedro.utils.params import as_bool, as_float, as_int, check_keys
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def _check_run(run: Mapping[str, Any]) -> None:
         raise ValueError(f"run: unknown key(s) {unknown}; allowed: {list(RUN_KEYS)}")
     if not run.get("work_dir"):
         raise ValueError("run.work_dir is required (where checkpoints and inputs go)")
-    if not isinstance(run.get("resume", True), bool):
-        raise ValueError(f"run.resume must be true or false, got {run['resume']!r}")
+    as_bool(run.get("resume", True), "run.resume")
     if (
         run.get("torch_threads") is not None
         and as_int(run["torch_threads"], "run.torch_threads") < 1
@@ -115,8 +114,7 @@ def _lr_finder_options(lr_finder: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in LR_FINDER_DEFAULTS.items():
         value, where = options[key], f"lr_finder.{key}"
         if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{where} must be true or false, got {value!r}")
+            as_bool(value, where)
         elif isinstance(default, int):
             options[key] = as_int(value, where)
         else:
