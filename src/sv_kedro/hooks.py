@@ -108,9 +108,12 @@ class MissingInputsHook:
             return
         running = run_params.get("pipeline_names") or [run_params.get("pipeline_name")]
         running = [name for name in running if name] or ["__default__"]
+        registered = {
+            name: (built.all_outputs(), len(built.nodes)) for name, built in pipelines.items()
+        }
         by_writer: dict[str | None, list[str]] = {}
         for name in missing:
-            by_writer.setdefault(_writer(name, missing, running), []).append(name)
+            by_writer.setdefault(_writer(name, missing, running, registered), []).append(name)
         order = list(pipelines)  # the registry's order: data_engineering first
         lines = []
         for writer, names in sorted(
@@ -148,19 +151,24 @@ def _location(name: str, catalog) -> str:
     return f" ({where})" if where else ""
 
 
-def _writer(name: str, missing: list[str], running: Iterable[str]) -> str | None:
+def _writer(
+    name: str,
+    missing: list[str],
+    running: Iterable[str],
+    registered: Mapping[str, tuple[set[str], int]],
+) -> str | None:
     """The registered pipeline (other than those running) to run for ``name``: of those that
     write it, the one that writes most of ``missing``, then the smallest; ``__default__``
-    when only the default one writes it, ``None`` when none does."""
+    when only the default one writes it, ``None`` when none does. ``registered``: each
+    pipeline's outputs and node count."""
     skip = {*running, "__default__"}
-    writers = []
-    for pipeline_name, built in pipelines.items():
-        outputs = built.all_outputs()
-        if pipeline_name not in skip and name in outputs:
-            covered = sum(other in outputs for other in missing)
-            writers.append((-covered, len(built.nodes), pipeline_name))
+    writers = [
+        (-sum(other in outputs for other in missing), size, pipeline_name)
+        for pipeline_name, (outputs, size) in registered.items()
+        if pipeline_name not in skip and name in outputs
+    ]
     if writers:
         return min(writers)[2]
-    if name in pipelines.get("__default__", Pipeline([])).all_outputs():
+    if name in registered.get("__default__", (set(), 0))[0]:
         return "__default__"
     return None
