@@ -368,3 +368,27 @@ def test_sweep_dry_run_refuses_typos_and_other_settings(kedro_project: Path):
     elsewhere = sweep("--params", "training.max_steps=3", "--output-root", "data/09_other")
     assert elsewhere.exit_code == 0, elsewhere.output
     assert "default__seed=0: {'training.max_steps': 3, 'training.seed': 0}" in elsewhere.output
+
+
+def test_only_the_configured_folder_feeds_the_catalog_tables(
+    kedro_project: Path, kedro_runs: list[str]
+):
+    from sv_kedro.sweeps.project import load_sweep_spec, run_project_sweep
+
+    catalogued = kedro_project / "data/08_reporting/sweeps/loss_seeds/results.csv"
+    settings = {"isolation": "in_process"}
+    home = load_sweep_spec(kedro_project, "loss_seeds", None, {"training.max_steps": 2}, settings)
+    run_project_sweep(kedro_project, home)
+    assert (
+        catalogued.read_text()
+        == (kedro_project / "data/09_sweeps/loss_seeds/results.csv").read_text()
+    )
+    home_table = catalogued.read_text()
+    assert "0.02" in home_table
+    # The same sweep with other settings in another folder leaves the catalog's table alone.
+    settings["output_root"] = "data/09_other"
+    other = load_sweep_spec(kedro_project, "loss_seeds", None, {"training.max_steps": 7}, settings)
+    report = run_project_sweep(kedro_project, other)
+    assert report.sweep_dir == kedro_project / "data/09_other/loss_seeds"
+    assert "0.07" in (report.sweep_dir / "results.csv").read_text()
+    assert catalogued.read_text() == home_table

@@ -3,6 +3,9 @@
 ``run_project_sweep`` is what ``kedro sweep <name>`` calls; the tables end up in the sweep
 folder (``results.csv``, ``results.md``, ``runs.csv``) and as the catalog datasets
 ``<name>.sweep_results``, ``<name>.sweep_results_markdown`` and ``<name>.sweep_runs``.
+Only the sweep's configured folder feeds those datasets: a sweep run elsewhere
+(``kedro sweep --output-root``) keeps its tables in its own folder, so that it does not
+replace the configured settings' tables in ``08_reporting``.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sv_kedro.sweeps.execution import RunOutcome, run_sweep, working_directory
+from sv_kedro.sweeps.execution import RunOutcome, run_sweep, sweep_folder, working_directory
 from sv_kedro.sweeps.results import write_results
 from sv_kedro.sweeps.spec import SweepSpec, nest_overrides
 from sv_kedro.utils.params import misspelt_keys
@@ -118,7 +121,23 @@ def run_project_sweep(
     sweep_dir, outcomes = run_sweep(spec, project, max_runs=max_runs)
     runs, summary, markdown = write_results(spec, sweep_dir)
     with working_directory(project):  # catalog paths are relative to the project root
-        catalog = _project_context(project, spec.env).catalog
+        context = _project_context(project, spec.env)
+        configured = (context.params.get("sweeps") or {}).get(spec.name) or {}
+        home = sweep_folder(
+            replace(spec, output_root=str(configured.get("output_root", SweepSpec.output_root))),
+            project,
+        )
+        if sweep_dir.resolve() != home.resolve():
+            log.info(
+                "sweep %s ran in %s, not in its configured folder %s: its tables are there "
+                "only, the catalog's %s.sweep_results keep the configured folder's",
+                spec.name,
+                sweep_dir,
+                home,
+                spec.name,
+            )
+            return SweepReport(sweep_dir, outcomes, runs, summary, markdown)
+        catalog = context.catalog
         for suffix, data in (
             ("sweep_results", summary),
             ("sweep_results_markdown", markdown),
