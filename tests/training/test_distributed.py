@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from sv_kedro.training.batches import ShuffledLoaderFactory
 from sv_kedro.training.checkpoint import load_checkpoint
-from sv_kedro.training.distributed import DistContext, all_gather_variable
+from sv_kedro.training.distributed import DistContext, all_gather_variable, pick_device
 from sv_kedro.training.jobs import TrainingJob, launch_training, resolve_callable
 from sv_kedro.training.launcher import DistributedConfig, TrainingFailed, launch
 from sv_kedro.training.task import ClassificationTask, GatheredLosses, TrainState
@@ -165,3 +165,22 @@ def test_gather_helpers_work_in_a_single_process():
     ctx = DistContext()
     values = torch.arange(3.0)
     assert torch.equal(all_gather_variable(values, ctx), values)
+
+
+def test_pick_device_names_the_key_and_refuses_one_gpu_for_every_worker():
+    assert pick_device("cpu", local_rank=3) == torch.device("cpu")
+    with pytest.raises(
+        ValueError, match=r"distributed.device must be auto, cpu or cuda, got 'cuda:1'"
+    ):
+        pick_device("cuda:1")
+    with pytest.raises(ValueError, match=r"got 'gpu'"):
+        pick_device("gpu")
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        assert pick_device("cuda", local_rank=count + 1) == torch.device("cuda", 1 % count)
+    else:
+        assert pick_device("auto", local_rank=1) == torch.device("cpu")
+        with pytest.raises(
+            ValueError, match=r"distributed.device 'cuda' but CUDA is not available"
+        ):
+            pick_device("cuda")

@@ -37,16 +37,15 @@ class DistContext:
 
 
 def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+    """This worker's device for ``distributed.device``: ``auto`` -> ``cuda:<local_rank>``
+    when CUDA is available, else CPU; ``cuda`` -> ``cuda:<local_rank>``; ``cpu``."""
+    if device not in ("auto", "cpu", "cuda"):
+        # cuda:N is refused: every worker would take that one GPU.
+        raise ValueError(f"distributed.device must be auto, cpu or cuda, got {device!r}")
+    target = resolve_device(device, "distributed.device")
+    if target.type == "cuda":
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
-    if device == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return target
 
 
 def resolve_device(name: str, key: str = "device", check_available: bool = True) -> torch.device:
