@@ -320,3 +320,33 @@ def test_link_from_one_root_into_another_is_not_followed(
     assert f"{tmp_path / 'a' / 'spkB_link'}: skipped folder symlink" in warnings
     assert "lies inside another corpus root" in warnings
     assert "skipped 1 file symlink(s)" in warnings and "spkA/v.wav -> " in warnings
+
+
+def test_hard_links_to_a_listed_file_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "root"
+    _tone(root / "spkA" / "u1.wav")
+    _tone(root / "spkA" / "u2.wav")
+    _tone(root / "spkB" / "u1.wav")
+    (root / "spkC").mkdir()
+    os.link(root / "spkA" / "u1.wav", root / "spkC" / "again.wav")
+    os.link(root / "spkA" / "u1.wav", root / "spkB" / "same.wav")
+    with caplog.at_level(logging.WARNING):
+        found = walk_files(root, (".wav",))
+    assert found == ["spkA/u1.wav", "spkA/u2.wav", "spkB/u1.wav"]
+    warnings = _warnings(caplog)
+    assert "skipped 2 file(s) that are hard links" in warnings
+    assert "spkB/same.wav = spkA/u1.wav" in warnings and "spkC/again.wav = spkA/u1.wav" in warnings
+    assert scan_folder_roots([root], progress=False)["utt_id"].tolist() == found
+
+
+def test_files_sharing_a_reported_inode_but_not_a_file_are_all_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # overlayfs may report one directory inode for files of different layers.
+    root = tmp_path / "root"
+    _tone(root / "spkA" / "u1.wav")
+    _tone(root / "spkB" / "u1.wav")
+    monkeypatch.setattr(os.DirEntry, "inode", lambda self: 7, raising=False)
+    assert walk_files(root, (".wav",)) == ["spkA/u1.wav", "spkB/u1.wav"]

@@ -3,7 +3,7 @@
 :func:`walk_files` is what the folder and VoxCeleb sources scan. It costs one ``getdents``
 per folder rather than one ``stat`` per file, and it makes sure no recording comes back
 under two utt_ids through symlinks, nor vanishes without a word (a broken link, a folder
-it may not list).
+it may not list), nor twice through hard links.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def walk_files(
     symlinks are followed after the real tree is walked, in sorted order, and skipped with
     a warning when they point at a folder already listed, at an ancestor (a cycle), or
     into a folder of ``avoid`` (the other roots of a pooled scan); a file symlink whose
-    target is listed too is dropped with a warning. A sub-folder that cannot be listed
+    target is listed too is dropped with a warning, as is a hard link to a listed file
+    (only files sharing an inode number are stat-ed). A sub-folder that cannot be listed
     (permission denied) and a link that cannot be followed (a loop) are skipped with a
     warning naming them; ``root`` itself failing raises ``OSError`` naming it. A broken
     file symlink with a wanted suffix is listed, so its header read fails and validation
@@ -47,6 +48,7 @@ def walk_files(
     # parent's plus its name, so only symlinks cost a realpath().
     listed: dict[str, str] = {top_real: ""}
     found: list[str] = []
+    inodes: dict[int, list[str]] = {}  # d_ino from getdents -> files listed with it
     file_links: list[tuple[str, str]] = []  # (relative path, link path)
     pending: list[tuple[str, str, str]] = [(top, "", top_real)]
     # Folder links wait until every real folder is listed, then go in sorted order: a
@@ -106,13 +108,52 @@ def walk_files(
                 file_links.append((prefix + name, entry.path))
             elif audio and is_file:
                 found.append(prefix + name)
+                inodes.setdefault(entry.inode(), []).append(prefix + name)
             elif failure or (is_link and not is_file and not os.path.exists(entry.path)):
                 # A dangling link may be a speaker folder on a disk that is not mounted.
                 failure = failure or f"broken symbolic link to {os.readlink(entry.path)}"
                 logger.warning("%s: skipped, cannot follow it (%s)", entry.path, failure)
+    hard_linked = _hard_link_copies(top, inodes)
+    if hard_linked:
+        found = [relative for relative in found if relative not in hard_linked]
     found.extend(_unique_file_links(top, found, file_links, listed, avoided))
     found.sort()
     return found
+
+
+def _hard_link_copies(top: str, inodes: dict[int, list[str]]) -> set[str]:
+    """Files that are hard links to a file listed under an earlier name (the same
+    recording under a second utt_id); a warning names them.
+
+    ``inodes`` groups the files by the inode ``getdents`` reported, free of a ``stat``;
+    only files sharing one are stat-ed, as some file systems (overlayfs) report directory
+    inodes that are not unique across their layers.
+    """
+    dropped: list[tuple[str, str]] = []  # (copy, the name it is listed under)
+    for names in inodes.values():
+        if len(names) < 2:
+            continue
+        first_of: dict[tuple[int, int], str] = {}
+        for relative in sorted(names):
+            try:
+                stat = os.stat(os.path.join(top, relative))
+            except OSError:
+                continue  # gone since it was listed: validation reports it
+            key = (stat.st_dev, stat.st_ino)
+            if key in first_of:
+                dropped.append((relative, first_of[key]))
+            else:
+                first_of[key] = relative
+    if dropped:
+        dropped.sort()
+        logger.warning(
+            "%s: skipped %d file(s) that are hard links to a file already in the scan (the "
+            "same recording under a second utt_id), e.g. %s",
+            top,
+            len(dropped),
+            [f"{copy} = {original}" for copy, original in dropped[:5]],
+        )
+    return {copy for copy, _ in dropped}
 
 
 def _is_within(path: str, folder: str) -> bool:
