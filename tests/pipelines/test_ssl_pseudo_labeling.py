@@ -125,9 +125,40 @@ def test_n_iterations_parameter_shapes_the_registered_pipelines(kedro_project: P
         ({"dino": {"export": "studnet"}}, r"dino.export must be one of \('teacher', 'student'\)"),
         ({"finetune": {"l2sp": 0.1}}, r"ssl_pseudo_labeling.finetune: unknown key\(s\) \['l2sp'\]"),
         ({"lmft": {"head_start": "fresh"}}, r"ssl_pseudo_labeling.lmft: unknown key"),
+        # Values the rounds and LMFT would refuse only when their node runs, after DINO,
+        # extraction and clustering.
+        (
+            {"lmft": {"training": {"lr": -1}}},
+            r"ssl_pseudo_labeling.lmft \(finetune with lmft's overrides\): training.lr .* > 0",
+        ),
+        (
+            {"finetune": {"training": {"epochs": "abc"}}},
+            r"ssl_pseudo_labeling.finetune: training.epochs must be an integer, got 'abc'",
+        ),
+        (
+            {"finetune": {"model": {"ecapa": {"channels": 0}}}},
+            r"ssl_pseudo_labeling.finetune: model.ecapa.channels must be >= 1",
+        ),
+        (
+            {"finetune": {"gate": {"lc_confidence": 2}}},
+            r"ssl_pseudo_labeling.finetune: gate.lc_confidence must be within \[0, 1\]",
+        ),
+        ({"lmft": {"loss": {"margin": "wide"}}}, r"ssl_pseudo_labeling.lmft .*'margin' must be"),
+        (
+            {"finetune": {"data": {"batch_size": "many"}}},
+            r"ssl_pseudo_labeling.finetune: data.batch_size must be an integer",
+        ),
+        (
+            {"finetune": {"init_from_previous": "nope"}},
+            r"ssl_pseudo_labeling.finetune: init_from_previous must be true or false",
+        ),
+        (
+            {"lmft": {"classifier_start": "proto"}},
+            r"ssl_pseudo_labeling.lmft .*classifier_start must be one of",
+        ),
     ],
 )
-def test_the_section_refuses_misspelt_keys_when_the_session_starts(
+def test_the_section_refuses_misspelt_keys_and_bad_values_when_the_session_starts(
     kedro_project: Path, section: dict[str, Any], message: str
 ) -> None:
     # Keys that resemble no configured key pass the --params guard, so the section's own

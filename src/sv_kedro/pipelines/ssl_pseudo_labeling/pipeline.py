@@ -30,6 +30,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from sv_kedro.pipelines import evaluation
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
+from sv_kedro.pipelines.ssl_pseudo_labeling.settings import check_stage_settings
 from sv_kedro.utils.params import check_keys
 
 NAMESPACE = "ssl_pseudo_labeling"
@@ -64,8 +65,9 @@ DINO_EXPORTS = ("teacher", "student")
 
 def check_section(section: Mapping[str, Any]) -> None:
     """Refuse unknown keys in ``ssl_pseudo_labeling`` and in its run / dino / finetune /
-    lmft parts, and a ``dino.export`` that is neither network, before anything runs (the
-    nodes read these parts with ``.get``, so a misspelt key would be ignored)."""
+    lmft parts, a ``dino.export`` that is neither network, and settings the rounds or LMFT
+    would refuse, before anything runs (the nodes read these parts with ``.get``, so a
+    misspelt key would be ignored, and the rounds run late)."""
     check_keys(section, SECTION_KEYS[NAMESPACE], NAMESPACE)
     for part in ("run", "dino", "finetune", "lmft"):
         values = section.get(part)
@@ -75,6 +77,7 @@ def check_section(section: Mapping[str, Any]) -> None:
     export = (section.get("dino") or {}).get("export", "teacher")
     if export not in DINO_EXPORTS:
         raise ValueError(f"{NAMESPACE}.dino.export must be one of {DINO_EXPORTS}, got {export!r}")
+    check_stage_settings(section)
 
 
 def check_iterations(value: object) -> int:

@@ -1,0 +1,76 @@
+"""Up-front checks of the fine-tuning rounds' and LMFT's settings.
+
+The rounds and LMFT read their ``model`` / ``loss`` / ``gate`` / ``training`` / ``data``
+parts only when their node runs, after DINO, extraction and clustering: a wrong value
+there (``lmft.training.lr=-1``) would fail tens of minutes into a run. ``check_stage_settings``
+builds each part's checked form (no weights, no data) when the session starts, through the
+same code the nodes use, and names the stage in the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sv_kedro.models.factory import normalize_model_config
+from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
+    CLASSIFIER_STARTS,
+    ROUND_STARTS,
+    architecture_sections,
+    deep_merge,
+)
+from sv_kedro.systems.loaders import checked_loader_config
+from sv_kedro.systems.tasks import build_task
+from sv_kedro.training.config import TrainConfig
+from sv_kedro.utils.params import as_bool
+
+NAMESPACE = "ssl_pseudo_labeling"
+
+
+def check_stage_settings(section: Mapping[str, Any]) -> None:
+    """Refuse (``ValueError`` naming ``ssl_pseudo_labeling.<stage>``) a fine-tuning round's
+    or LMFT's settings that their node would refuse; LMFT is checked as it runs, i.e.
+    ``finetune`` with ``lmft``'s overrides."""
+    finetune = section.get("finetune")
+    if not isinstance(finetune, Mapping):
+        return  # absent: the key check names it; nothing to build here
+    _check_stage(f"{NAMESPACE}.finetune", finetune)
+    lmft = section.get("lmft")
+    if isinstance(lmft, Mapping):
+        merged = deep_merge(finetune, lmft)
+        _check_stage(f"{NAMESPACE}.lmft (finetune with lmft's overrides)", merged)
+
+
+def _check_stage(where: str, config: Mapping[str, Any]) -> None:
+    checks: list[Callable[[], object]] = [
+        lambda: _one_of(config, "classifier_start", CLASSIFIER_STARTS),
+        lambda: _one_of(config, "round_start", ROUND_STARTS),
+        lambda: as_bool(config.get("init_from_previous", True), "init_from_previous"),
+    ]
+    if "model" in config:
+        checks.append(
+            lambda: normalize_model_config(architecture_sections(config["model"]), "model")
+        )
+    if "training" in config:
+        checks.append(lambda: TrainConfig.from_dict(config["training"]))
+    if "loss" in config:  # the loss, the gate and l2sp_weight, as the round's task takes them
+        task = {
+            "loss": config["loss"],
+            "gate": config.get("gate") or {},
+            "l2sp_weight": config.get("l2sp_weight", 0.0),
+        }
+        checks.append(lambda: build_task(task))
+    if config.get("data"):
+        checks.append(lambda: checked_loader_config(config["data"]))
+    for check in checks:
+        try:
+            check()
+        except (ValueError, TypeError, KeyError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise ValueError(f"{where}: {message}") from exc
+
+
+def _one_of(config: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
+    value = config.get(key, allowed[0])
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
