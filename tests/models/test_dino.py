@@ -214,3 +214,25 @@ def test_ema_ramp_spans_the_steps_a_shard_run_takes(tmp_path: Path) -> None:
     for step, momentum in zip(logged["step"], logged["ema_momentum"], strict=True):
         # the logged step is the one the row closes; the momentum is that of the step before
         assert momentum == pytest.approx(cosine_schedule(start, end, int(step) - 1, total))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("global_seconds", 0, r"dino\.data\.global_seconds must be > 0, got 0.0"),
+        ("local_seconds", -1.5, r"dino\.data\.local_seconds must be > 0"),
+        ("batch_size", 0, r"dino\.data\.batch_size must be >= 1, got 0"),
+        ("local_crops", -1, r"dino\.data\.local_crops must be >= 0, got -1"),
+    ],
+)
+def test_dino_data_values_out_of_range_name_the_key(
+    tmp_path: Path, key: str, value: float, message: str
+) -> None:
+    from sv_kedro.systems.dino import DinoLoaderFactory
+
+    manifest = _write_corpus(tmp_path, 2)
+    manifest.to_parquet(tmp_path / "train.parquet")
+    config = {"manifest_path": str(tmp_path / "train.parquet"), key: value}
+    with pytest.raises(ValueError, match=message):
+        DinoLoaderFactory(config)
+    DinoLoaderFactory({"manifest_path": str(tmp_path / "train.parquet"), "local_crops": 0})

@@ -142,6 +142,13 @@ def test_data_typos_and_values_that_are_no_numbers_are_named(training_set):
     augmentation = {"weights": {"reverb": 1}, "simulated_rirs": "many"}
     with pytest.raises(ValueError, match=r"data\.augmentation\.simulated_rirs must be an integer"):
         build_loader(_config(training_set, augmentation=augmentation))
+    # Out of range: named here rather than as CropSpec.seconds or a sampler's error.
+    with pytest.raises(ValueError, match=r"data\.crop_seconds must be > 0, got -1.0"):
+        build_loader(_config(training_set, crop_seconds=-1))
+    with pytest.raises(ValueError, match=r"data\.batch_size must be >= 1, got 0"):
+        build_loader(_config(training_set, batch_size=0))
+    with pytest.raises(ValueError, match=r"data\.num_workers must be >= 0, got -2"):
+        build_loader(_config(training_set, num_workers=-2))
 
 
 def test_shipped_data_sections_pass_the_key_check(kedro_project: Path):

@@ -94,6 +94,11 @@ class DinoLoaderFactory:
             number = as_int if isinstance(default, int) else as_float
             if isinstance(default, (int, float)):
                 self.config[key] = number(self.config[key], f"dino.data.{key}")
+                lowest = 0 if key in ("local_crops", "num_workers") else 1
+                if isinstance(default, float) and not self.config[key] > 0:
+                    raise ValueError(f"dino.data.{key} must be > 0, got {self.config[key]}")
+                if isinstance(default, int) and self.config[key] < lowest:
+                    raise ValueError(f"dino.data.{key} must be >= {lowest}, got {self.config[key]}")
         manifest = pd.read_parquet(self.config["manifest_path"])
         seed = int(self.config.get("seed", 0))
         rate = int(self.config["sample_rate"])

@@ -111,6 +111,19 @@ def checked_loader_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if key in checked and not (key in NULLABLE_KEYS and checked[key] is None):
             checked[key] = as_int(checked[key], f"data.{key}")
     checked["crop_seconds"] = as_float(checked["crop_seconds"], "data.crop_seconds")
+    if not checked["crop_seconds"] > 0:
+        raise ValueError(f"data.crop_seconds must be > 0, got {checked['crop_seconds']}")
+    for key in (
+        "batch_size",
+        "sample_rate",
+        "shuffle_buffer",
+        "utts_per_speaker_cap",
+        "pairs_per_epoch",
+    ):
+        if checked.get(key) is not None and checked[key] < 1:
+            raise ValueError(f"data.{key} must be >= 1, got {checked[key]}")
+    if checked.get("num_workers") is not None and checked["num_workers"] < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {checked['num_workers']}")
     return checked
 
 
