@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import pandas as pd
@@ -121,6 +122,36 @@ def test_mid_epoch_crash_resumes_exactly(tmp_path):
     # The epoch-1 gather includes the losses of the two steps before the crash.
     assert resumed_task.seen_per_epoch == [N_ITEMS]
     assert resumed_task.threshold == straight_task.threshold
+
+
+class InterruptedTask(GateTask):
+    """Ctrl-C at a given step, as the user's KeyboardInterrupt reaches the loop."""
+
+    def __init__(self, interrupt_at_step: int):
+        super().__init__()
+        self.interrupt_at_step = interrupt_at_step
+
+    def compute_loss(self, model: nn.Module, batch, state: TrainState) -> StepOutput:
+        if state.step == self.interrupt_at_step:
+            raise KeyboardInterrupt
+        return super().compute_loss(model, batch, state)
+
+
+def test_an_interrupted_run_says_where_a_re_run_resumes(tmp_path, caplog):
+    factory = ShuffledLoaderFactory(make_dataset(), batch_size=8)
+    cfg = config(checkpoint_every_steps=4)
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        train(make_model(), InterruptedTask(1), factory, cfg, tmp_path / "early")
+    assert "interrupted at step 1 before its first checkpoint: a re-run starts from step 0" in (
+        caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        train(make_model(), InterruptedTask(10), factory, cfg, tmp_path / "late")
+    last = tmp_path / "late" / "last.pt"
+    saved = load_checkpoint(last)["training_state"]
+    assert (saved["epoch"], saved["step"]) == (1, 8)
+    assert f"interrupted at step 10; {last} holds epoch 1, step 8: run the same" in caplog.text
 
 
 def test_accumulation_matches_larger_batch(tmp_path):

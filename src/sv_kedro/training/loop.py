@@ -186,6 +186,9 @@ class _Trainer:
         try:
             while not self._finished():
                 self._run_epoch(bar)
+        except KeyboardInterrupt:
+            self._report_interruption()
+            raise
         finally:
             bar.close()
         self._log_window()
@@ -193,6 +196,27 @@ class _Trainer:
             save_trainer_checkpoint(self, self.last_path)
         rows, stopped = metrics_frame(self.position.rows), self.position.stopped_early
         return TrainResult(self.model, rows, self.best_path, self.last_path, stopped)
+
+    def _report_interruption(self) -> None:
+        """Say where a re-run picks up: Kedro itself prints only "Aborted!"."""
+        if not self.ctx.is_main:
+            return
+        if self.saved_at is None:
+            logger.warning(
+                "training interrupted at step %d before its first checkpoint: a re-run "
+                "starts from step 0",
+                self.position.step,
+            )
+            return
+        epoch, step, _ = self.saved_at
+        logger.warning(
+            "training interrupted at step %d; %s holds epoch %d, step %d: run the same "
+            "command again to resume from there (run.resume: true)",
+            self.position.step,
+            self.last_path,
+            epoch,
+            step,
+        )
 
     def _finished(self) -> bool:
         pos, cfg = self.position, self.config
