@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import re
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sv_kedro.api import embed_file, embed_waveform, load_speaker_model, score_files
+from sv_kedro.api import (
+    embed_file,
+    embed_waveform,
+    load_speaker_model,
+    model_from_checkpoint,
+    score_files,
+)
 from sv_kedro.audio.crops import evaluation_inputs
 from sv_kedro.audio.io import AudioDecodeError, read_audio, write_audio
 from sv_kedro.corpus.validation import ValidationPolicy
@@ -197,3 +205,215 @@ def test_a_checkpoint_loaded_on_cuda_embeds_and_scores_like_on_cpu(saved_model, 
     gpu_score = score_files(on_gpu, audio_a, audio_b, n_crops=3, crop_seconds=1.0)
     cpu_score = score_files(on_cpu, audio_a, audio_b, n_crops=3, crop_seconds=1.0)
     assert gpu_score == pytest.approx(cpu_score, abs=1e-3)
+
+
+_XVECTOR = {"architecture": "xvector", "xvector": {"channels": 16, "stats_channels": 24}}
+
+
+def _save(path, config: dict, state: dict) -> None:
+    architecture = config["architecture"]
+    save_checkpoint(path, build_checkpoint(architecture, config, state, epoch=0, step=0))
+
+
+def test_damaged_checkpoint_data_is_refused_naming_file_and_member(saved_model):
+    _, path = saved_model
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    with open(path, "r+b") as handle:  # 256 bytes in the middle of the largest tensor
+        handle.seek(info.header_offset + 26)
+        skip = sum(int.from_bytes(handle.read(2), "little") for _ in range(2))
+        middle = info.header_offset + 30 + skip + info.file_size // 2 - 128
+        handle.seek(middle)
+        flipped = bytes(byte ^ 0xFF for byte in handle.read(256))
+        handle.seek(middle)
+        handle.write(flipped)
+    pattern = rf"checkpoint\.pt: corrupt: {re.escape(info.filename)} fails its CRC check"
+    with pytest.raises(CheckpointError, match=pattern):
+        load_speaker_model(path)
+
+
+def test_an_all_zero_embedding_is_refused_naming_the_input(tmp_path):
+    config = {**_XVECTOR, "n_classes": 0}
+    state = {
+        name: torch.zeros_like(value) for name, value in build_model(config).state_dict().items()
+    }
+    path = tmp_path / "zeroed.pt"
+    _save(path, config, state)
+    model = load_speaker_model(path)
+    pattern = r"waveform: the model produced an all-zero embedding \(norm 0\.0e\+00 < 1e-12\)"
+    with pytest.raises(EmbeddingError, match=pattern):
+        embed_waveform(model, _tone(1.0, 13), n_crops=0)
+    audio_a, audio_b = tmp_path / "a.wav", tmp_path / "b.wav"
+    write_audio(audio_a, _tone(1.5, 14), 16000)
+    write_audio(audio_b, _tone(1.5, 15), 16000)
+    with pytest.raises(EmbeddingError, match=r"a\.wav: the model produced an all-zero embedding"):
+        score_files(model, audio_a, audio_b, n_crops=2, crop_seconds=1.0)
+
+
+def test_a_model_config_that_does_not_build_names_the_file(tmp_path):
+    config = {**_XVECTOR, "n_classes": 0}
+    state = build_model(config).state_dict()
+    path = tmp_path / "bad_config.pt"
+    _save(path, {**config, "bogus": 1}, state)
+    with pytest.raises(
+        CheckpointError,
+        match=r"bad_config\.pt: model_config: key\(s\) \['bogus'\] are not used by "
+        r"architecture 'xvector'",
+    ):
+        load_speaker_model(path)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "offset"),
+    [(np.int16, 32768, 0), (np.int32, 2**31, 0), (np.uint8, 128, 128)],
+)
+def test_integer_pcm_is_scaled_by_its_full_scale(saved_model, dtype, scale, offset):
+    model, _ = saved_model
+    limits = np.iinfo(dtype)
+    pcm = np.clip(np.round(_tone(1.2, 16) * scale) + offset, limits.min, limits.max).astype(dtype)
+    expected = ((pcm.astype(np.float64) - offset) / scale).astype(np.float32)
+    assert np.abs(expected).max() < 1.0
+    np.testing.assert_allclose(
+        embed_waveform(model, pcm, n_crops=1, crop_seconds=1.0),
+        embed_waveform(model, expected, n_crops=1, crop_seconds=1.0),
+        atol=1e-6,
+    )
+
+
+def test_quiet_integer_pcm_is_silent_not_full_scale(saved_model):
+    model, _ = saved_model
+    # One LSB of int16 is -90 dBFS; cast unscaled it would read as 0 dBFS speech.
+    with pytest.raises(AudioDecodeError, match=r"waveform: silent \(RMS -90\.3 dBFS"):
+        embed_waveform(model, np.ones(32000, np.int16))
+
+
+@pytest.mark.parametrize(
+    ("wave", "message"),
+    [
+        (np.ones(16000, bool), r"a bool array is not audio"),
+        (np.ones(16000, np.complex64), r"complex samples \(complex64\) are not audio"),
+        (np.array(["0.1"] * 16000), r"expected numeric samples .*got dtype <U3"),
+        ([[0.1, 0.2], [0.3]], r"not an array of samples"),
+        (np.zeros((16000, 0), np.float32), r"shape \(16000, 0\) has 0 channels"),
+    ],
+    ids=["bool", "complex", "strings", "ragged", "no_channels"],
+)
+def test_arrays_that_are_not_audio_say_what_is_wrong(saved_model, wave, message):
+    model, _ = saved_model
+    with pytest.raises(ValueError, match=rf"^waveform: {message}"):
+        embed_waveform(model, wave)
+
+
+@pytest.mark.parametrize("shape", [(0, 2), (0,)])
+def test_an_empty_waveform_is_named_as_empty(saved_model, shape):
+    model, _ = saved_model
+    with pytest.raises(
+        AudioDecodeError, match=rf"^waveform: empty: no samples \(shape {re.escape(str(shape))}\)$"
+    ):
+        embed_waveform(model, np.zeros(shape, np.float32))
+
+
+def _voiced(rate: int, seconds: float = 2.0, seed: int = 17) -> np.ndarray:
+    """Tones below 3.5 kHz, so the 8 kHz and 16 kHz versions hold the same signal."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * rate)) / rate
+    freqs, phases = rng.uniform(100, 3500, 40), rng.uniform(0, 2 * np.pi, 40)
+    tones = np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None]).sum(0)
+    return (0.02 * tones * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def test_sample_rate_resamples_to_the_models_rate(saved_model):
+    model, _ = saved_model
+    options = {"n_crops": 2, "crop_seconds": 1.0}
+    reference = embed_waveform(model, _voiced(16000), **options)
+    at_8k = embed_waveform(model, _voiced(8000), sample_rate=8000, **options)
+    as_if_16k = embed_waveform(model, _voiced(8000), **options)
+    assert embed_waveform(model, _voiced(16000), sample_rate=16000, **options) == pytest.approx(
+        reference
+    )
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    assert cosine(reference, at_8k) > 0.95
+    assert cosine(reference, at_8k) > cosine(reference, as_if_16k)
+    stereo = np.stack([_voiced(8000), _voiced(8000)], axis=1)
+    np.testing.assert_allclose(
+        embed_waveform(model, stereo, sample_rate=8000, **options), at_8k, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("rate", [0, -8000, 8000.0, True, "8k"])
+def test_sample_rate_must_be_a_positive_int(saved_model, rate):
+    model, _ = saved_model
+    with pytest.raises(ValueError, match=r"^sample_rate: must be a positive int \(Hz\), got"):
+        embed_waveform(model, _tone(1.0, 18), sample_rate=rate)
+
+
+def test_nan_before_resampling_is_located_at_the_given_rate(saved_model):
+    model, _ = saved_model
+    wave = _tone(1.0, 19)[:8000].copy()
+    wave[4000] = np.nan
+    with pytest.raises(AudioDecodeError, match=r"waveform: 1 non-finite sample\(s\).*0\.500 s"):
+        embed_waveform(model, wave, sample_rate=8000)
+
+
+def test_files_state_their_own_rate(saved_model, tmp_path):
+    model, _ = saved_model
+    path = tmp_path / "a.wav"
+    write_audio(path, _tone(1.0, 20), 16000)
+    with pytest.raises(TypeError, match=r"sample_rate: a file states its own rate"):
+        embed_file(model, path, sample_rate=8000)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['crops'\]"):
+        score_files(model, path, path, crops=2)
+
+
+@pytest.mark.parametrize("call", ["embed_file", "embed_waveform", "score_files"])
+@pytest.mark.parametrize("as_path", [str, Path], ids=["str", "Path"])
+def test_a_path_given_as_the_model_says_to_load_it_first(saved_model, tmp_path, call, as_path):
+    _, checkpoint = saved_model
+    audio = tmp_path / "a.wav"
+    write_audio(audio, _tone(1.0, 21), 16000)
+    args = {
+        "embed_file": (audio,),
+        "embed_waveform": (_tone(1.0, 21),),
+        "score_files": (audio, audio),
+    }[call]
+    function = {"embed_file": embed_file, "embed_waveform": embed_waveform}.get(call, score_files)
+    with pytest.raises(
+        TypeError,
+        match=r"^model: got the path '.*checkpoint\.pt', not a model; "
+        r"call load_speaker_model\(.*\) first",
+    ):
+        function(as_path(checkpoint), *args)
+
+
+def test_other_non_models_are_named(saved_model):
+    _, checkpoint = saved_model
+    with pytest.raises(TypeError, match=r"model: .*got a dict; .*model_from_checkpoint"):
+        embed_waveform({"model_state": {}}, _tone(1.0, 22))
+    with pytest.raises(TypeError, match=r"model: .*got a Linear; a Linear has no embed\(\)"):
+        embed_waveform(torch.nn.Linear(2, 2), _tone(1.0, 22))
+    with pytest.raises(TypeError, match=r"payload: got the path .*load_speaker_model\(path\)"):
+        model_from_checkpoint(str(checkpoint))
+
+
+def test_folders_and_bare_state_dicts_say_what_a_checkpoint_is(tmp_path, tiny_ecapa_config):
+    folder = tmp_path / "wavlm-base-plus"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(
+        CheckpointError,
+        match=r"wavlm-base-plus: is a folder.*Hugging Face.*"
+        r"model\.encoder\.pretrained of a training config",
+    ):
+        load_speaker_model(folder)
+    bare = tmp_path / "state_dict.pt"
+    torch.save(build_model(tiny_ecapa_config).state_dict(), bare)
+    with pytest.raises(
+        CheckpointError,
+        match=r"state_dict\.pt: checkpoint lacks key\(s\).*bare state_dict.*"
+        r"stores the model config",
+    ):
+        load_speaker_model(bare)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import random
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -272,3 +274,129 @@ def test_summary_counts_parameters_and_reports_progress():
     assert summary["metrics"] == {"eer": pytest.approx(0.031), "min_dcf": pytest.approx(0.2)}
     assert summary["config"] == {"in_dim": 4, "out_dim": 3}
     assert summary["has_optimizer_state"] and summary["has_rng_state"]
+
+
+def _flip_member_bytes(path, member: str | None = None, count: int = 256) -> str:
+    """XOR ``count`` bytes in the middle of a zip member's data (the largest by default),
+    leaving the archive's structure intact; returns the member's name."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+    info = (
+        max(infos, key=lambda i: i.file_size)
+        if member is None
+        else next(i for i in infos if i.filename == member)
+    )
+    with open(path, "r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(handle.read(2), "little") for _ in range(2))
+        count = min(count, info.file_size)
+        middle = info.header_offset + 30 + name_len + extra_len + (info.file_size - count) // 2
+        handle.seek(middle)
+        flipped = bytes(byte ^ 0xFF for byte in handle.read(count))
+        handle.seek(middle)
+        handle.write(flipped)
+    return info.filename
+
+
+def _big_payload() -> dict:
+    model = torch.nn.Linear(64, 64)
+    return build_checkpoint("toy_linear", {"in_dim": 64}, model.state_dict(), epoch=0, step=0)
+
+
+def test_torch_written_zips_carry_valid_crcs(tmp_path):
+    # The CRC check must not false-alarm on what torch.save writes, to a file or a buffer.
+    path = tmp_path / "intact.pt"
+    save_checkpoint(path, _payload())
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        assert all(info.CRC for info in archive.infolist() if info.file_size > 4)
+    with zipfile.ZipFile(io.BytesIO(ckpt.checkpoint_to_bytes(_payload()))) as archive:
+        assert archive.testzip() is None
+
+
+def test_damaged_tensor_data_is_refused_naming_file_and_member(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _big_payload())
+    member = _flip_member_bytes(path)
+    assert member.startswith("archive/data/")
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() == member  # the repro: torch.load alone accepts this
+    torch.load(path, weights_only=True)
+    pattern = rf"last\.pt: corrupt: {re.escape(member)} fails its CRC check"
+    with pytest.raises(CheckpointError, match=pattern):
+        load_checkpoint(path)
+    stream = io.BytesIO(path.read_bytes())
+    stream.name = "remote/last.pt"
+    with pytest.raises(CheckpointError, match=rf"remote/last\.pt: corrupt: {re.escape(member)}"):
+        load_checkpoint(stream)
+
+
+def test_damaged_pickle_is_named_as_a_crc_failure(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _payload())
+    member = _flip_member_bytes(path, "archive/data.pkl", count=16)
+    with pytest.raises(CheckpointError, match=r"model\.pt: corrupt: archive/data\.pkl fails its"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=rf"corrupt: {re.escape(member)}"):
+        load_checkpoint(path, mmap=True)  # the metadata is read, so it is checked
+
+
+def test_a_stream_is_read_from_where_it_was_after_the_check(tmp_path):
+    data = ckpt.checkpoint_to_bytes(_payload())
+    stream = io.BytesIO(b"header" + data)
+    stream.seek(6)
+    assert load_checkpoint(stream)["training_state"]["step"] == 120
+
+
+def test_mmap_load_leaves_mapped_tensor_data_unchecked(tmp_path):
+    # Documented: a mapped load reads no tensor data (a cheap summary), so none is checked.
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _big_payload())
+    _flip_member_bytes(path)
+    assert checkpoint_summary(load_checkpoint(path, mmap=True))["parameter_count"] == 64 * 65
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        load_checkpoint(path)
+
+
+def test_file_written_without_crcs_loads(tmp_path):
+    from torch.utils.serialization import config
+
+    # Set and reset directly: monkeypatch's undo deletes the option from torch's config.
+    config.save.compute_crc32 = False
+    path = tmp_path / "no_crc.pt"
+    try:
+        save_checkpoint(path, _payload())
+    finally:
+        config.save.compute_crc32 = True
+    with zipfile.ZipFile(path) as archive:
+        assert not any(info.CRC for info in archive.infolist())
+    assert load_checkpoint(path)["training_state"]["epoch"] == 3
+
+
+def test_a_hugging_face_folder_is_named_with_where_it_belongs(tmp_path):
+    folder = tmp_path / "wavlm-base-plus"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(
+        CheckpointError,
+        match=r"wavlm-base-plus: is a folder, not a torch file; it looks like a Hugging Face "
+        r".*model\.encoder\.pretrained of a training config",
+    ):
+        load_checkpoint(folder)
+    run = tmp_path / "ecapa_tdnn"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"ecapa_tdnn: is a folder.*e\.g\. \['best\.pt'\]"):
+        load_checkpoint(run)
+
+
+def test_a_bare_state_dict_is_named_as_one(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"weights\.pt: checkpoint lacks key\(s\) \[.*\]; it looks like a bare state_dict "
+        r".*not a project checkpoint, which also stores the model config",
+    ):
+        load_checkpoint(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import zipfile
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from sv_kedro.training.batches import ShuffledLoaderFactory
-from sv_kedro.training.checkpoint import checkpoint_summary, load_checkpoint
+from sv_kedro.training.checkpoint import CheckpointError, checkpoint_summary, load_checkpoint
 from sv_kedro.training.config import TrainConfig
 from sv_kedro.training.loop import NonFiniteLossError, train
 from sv_kedro.training.task import ClassificationTask, GatheredLosses, StepOutput, TrainState
@@ -152,6 +153,31 @@ def test_an_interrupted_run_says_where_a_re_run_resumes(tmp_path, caplog):
     saved = load_checkpoint(last)["training_state"]
     assert (saved["epoch"], saved["step"]) == (1, 8)
     assert f"interrupted at step 10; {last} holds epoch 1, step 8: run the same" in caplog.text
+
+
+def test_a_damaged_last_checkpoint_stops_the_resume_and_says_what_to_do(tmp_path):
+    factory = ShuffledLoaderFactory(make_dataset(), batch_size=8)
+    train(make_model(), GateTask(), factory, config(epochs=1), tmp_path / "run")
+    last = tmp_path / "run" / "last.pt"
+    with zipfile.ZipFile(last) as archive:
+        biggest = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(last.read_bytes())
+    # Inside the member's stored bytes: its local header is 30 bytes plus name and extra.
+    name_len, extra_len = (
+        int.from_bytes(data[biggest.header_offset + at : biggest.header_offset + at + 2], "little")
+        for at in (26, 28)
+    )
+    start = biggest.header_offset + 30 + name_len + extra_len + biggest.file_size // 2
+    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
+    last.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as caught:
+        train(make_model(), GateTask(), factory, config(), tmp_path / "run")
+    message = str(caught.value)
+    assert f"{last}: corrupt: {biggest.filename} fails its CRC check" in message
+    assert "delete it to train from the start" in message and "run.resume: false" in message
+    # With resume off the same command trains from the start, leaving nothing unexplained.
+    fresh = train(make_model(), GateTask(), factory, config(), tmp_path / "run", resume=False)
+    assert fresh.metrics["epoch"].max() == 1
 
 
 def test_accumulation_matches_larger_batch(tmp_path):

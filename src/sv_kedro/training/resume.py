@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sv_kedro.training.checkpoint import (
+    CheckpointError,
     build_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -143,7 +144,14 @@ def resume_trainer(trainer: Any) -> None:
 
     ``trainer`` is the loop's private ``_Trainer`` (kept here to keep ``loop.py`` short).
     """
-    payload = load_checkpoint(trainer.last_path)
+    try:
+        payload = load_checkpoint(trainer.last_path)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}. It is the checkpoint this run would resume from: delete it to train "
+            "from the start (the steps it holds are lost either way), or set "
+            "run.resume: false to ignore it"
+        ) from exc
     training = payload["training_state"]
     ctx: DistContext = trainer.ctx
     trainer.position = restore_position(
