@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from sv_kedro.models.encoder_loading import ENCODER_KINDS, apply_settings, instantiate
+from sv_kedro.training.checkpoint_diagnosis import REFUSED_GLOBAL, refusal_detail, unreadable_reason
 
 SKIPPED_PREFIXES: tuple[str, ...] = (
     "label_embs_concat",
@@ -256,8 +260,11 @@ def parse_conv_feature_layers(spec: str) -> list[tuple[int, int, int]]:
     return [tuple(int(v) for v in layer) for layer in layers]  # type: ignore[misc]
 
 
-def checkpoint_model_cfg(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The model section of a checkpoint's config and the task's ``normalize`` flag."""
+def checkpoint_model_cfg(
+    checkpoint: Mapping[str, Any], source: str = "<checkpoint>"
+) -> tuple[dict[str, Any], bool]:
+    """The model section of a checkpoint's config and the task's ``normalize`` flag;
+    ``source`` names the file in errors."""
     if "cfg" in checkpoint and checkpoint["cfg"] is not None:
         cfg = dict(checkpoint["cfg"])
         model_cfg = dict(cfg["model"]) if isinstance(cfg.get("model"), Mapping) else cfg
@@ -267,21 +274,22 @@ def checkpoint_model_cfg(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any],
         model_cfg = dict(vars(checkpoint["args"]))
         normalize = bool(model_cfg.get("normalize", False))
     else:
-        raise ValueError("fairseq checkpoint has neither 'cfg' nor 'args'; cannot build a config")
+        raise ValueError(
+            f"{source}: fairseq checkpoint has neither 'cfg' nor 'args'; cannot build a config"
+        )
     if "w2v_args" in model_cfg and model_cfg.get("w2v_args") is not None:
         # Fine-tuned checkpoints keep the pre-training config under w2v_args.
         inner = model_cfg["w2v_args"]
         inner = vars(inner) if isinstance(inner, argparse.Namespace) else dict(inner)
         return checkpoint_model_cfg(
-            {"cfg": inner} if "model" in inner else {"args": argparse.Namespace(**inner)}
+            {"cfg": inner} if "model" in inner else {"args": argparse.Namespace(**inner)},
+            source,
         )
     return model_cfg, normalize
 
 
 def hf_config_from_fairseq(kind: str, model_cfg: Mapping[str, Any]):
     """A transformers config equivalent to a fairseq/UniLM model config."""
-    from sv_kedro.models.ssl_encoder import ENCODER_KINDS
-
     config_class, _ = ENCODER_KINDS[kind]
     conv = parse_conv_feature_layers(
         str(
@@ -323,25 +331,74 @@ def hf_config_from_fairseq(kind: str, model_cfg: Mapping[str, Any]):
     return config_class(**values)
 
 
-def read_fairseq_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
-    """Load a ``.pt`` checkpoint on CPU. Tries the safe loader first (allowing
-    ``argparse.Namespace``); full unpickling only with ``allow_pickle`` (trusted files)."""
+def read_fairseq_checkpoint(
+    path: str | Path, allow_pickle: bool = False, where: str = "encoder"
+) -> dict[str, Any]:
+    """Load a torch checkpoint on CPU. Tries the safe loader first (allowing
+    ``argparse.Namespace``); full unpickling only with ``allow_pickle`` (trusted files).
+    Errors name ``<where>.pretrained`` and the file, and tell a damaged file from one that
+    holds pickled objects."""
     path = Path(path)
+    key = f"{where}.pretrained"
     if not path.is_file():
-        raise FileNotFoundError(f"fairseq checkpoint not found: {path}")
+        raise FileNotFoundError(f"{key}: fairseq checkpoint not found: {path}")
+    damage = checkpoint_file_damage(path)
+    if damage:
+        raise ValueError(f"{key}: {path} is not a readable torch checkpoint: {damage}")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        if not allow_pickle:
-            raise ValueError(
-                f"{path}: the safe loader refused this checkpoint ({error}). If you trust the "
-                "file, set encoder.allow_pickle: true to unpickle it fully."
-            ) from error
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = _load_refused(path, error, allow_pickle, where)
     if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
-        raise ValueError(f"{path}: not a fairseq checkpoint (expected a dict with a 'model' key)")
+        raise ValueError(
+            f"{key}: {path} is not a fairseq checkpoint (expected a dict with a 'model' key)"
+        )
     return dict(checkpoint)
+
+
+def checkpoint_file_damage(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint (empty, truncated, not torch data);
+    ``None`` when it looks intact. Zip archives are checked member by member (CRC)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "the file is empty (truncated?)"
+    if head.startswith(b"\x80"):
+        return None  # torch's legacy pickle format: only loading can check it
+    if not head.startswith(b"PK\x03\x04"):
+        return (
+            "corrupt, truncated or not a torch file: neither a zip archive nor a pickle "
+            f"stream (it starts with {head!r})"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"corrupt or truncated zip archive ({error})"
+    return f"corrupt: archive member {bad} fails its CRC check" if bad else None
+
+
+def _load_refused(path: Path, error: Exception, allow_pickle: bool, where: str) -> Any:
+    """After the safe loader failed: a damaged file is reported as such; only an intact
+    file holding pickled objects is unpickled (``allow_pickle``) or sent back with advice."""
+    key = f"{where}.pretrained"
+    if REFUSED_GLOBAL.search(str(error)) is None:
+        raise ValueError(f"{key}: {unreadable_reason(path, str(path), error)}") from error
+    if not allow_pickle:
+        raise ValueError(
+            f"{key}: {path}: the safe loader refused this checkpoint: it holds pickled "
+            f"objects other than tensors and plain data ({refusal_detail(error)}) If you "
+            f"trust the file, set {where}.allow_pickle: true to unpickle it fully."
+        ) from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError) as missing:
+        raise ValueError(
+            f"{key}: {path}: unpickling needs code that is not installed ({missing})"
+        ) from missing
+    except Exception as failure:
+        raise ValueError(f"{key}: {unreadable_reason(path, str(path), failure)}") from failure
 
 
 def load_fairseq_model(
@@ -350,24 +407,27 @@ def load_fairseq_model(
     settings: Mapping[str, Any] | None = None,
     load_weights: bool = True,
     allow_pickle: bool = False,
+    where: str = "encoder",
 ) -> tuple[nn.Module, ConversionReport]:
     """Build a transformers model from a fairseq/UniLM checkpoint at ``path``.
 
     ``settings``: encoder settings (``config_overrides`` and dropout/masking keys) applied on
     top of the checkpoint's config. ``load_weights=False`` keeps random weights (ablation).
+    ``where`` prefixes the setting names in errors.
     """
-    from sv_kedro.models.ssl_encoder import ENCODER_KINDS, _apply_settings
-
-    checkpoint = read_fairseq_checkpoint(path, allow_pickle)
-    model_cfg, normalize = checkpoint_model_cfg(checkpoint)
-    hf_config = hf_config_from_fairseq(kind, model_cfg)
-    _apply_settings(hf_config, settings or {})
-    model = ENCODER_KINDS[kind][1](hf_config)
+    checkpoint = read_fairseq_checkpoint(path, allow_pickle, where)
+    try:
+        model_cfg, normalize = checkpoint_model_cfg(checkpoint, str(path))
+        hf_config = hf_config_from_fairseq(kind, model_cfg)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{where}.pretrained: {path}: {error}") from error
+    apply_settings(hf_config, settings or {}, where)
+    model = instantiate(kind, hf_config, where)
     if load_weights:
         try:
             report = convert_state_dict(checkpoint["model"], model)
         except ValueError as error:
-            raise ValueError(f"{path}: {error}") from error
+            raise ValueError(f"{where}.pretrained: {path}: {error}") from error
     else:
         report = ConversionReport()
     report.normalize = normalize

@@ -3,7 +3,8 @@
 ``SSLEncoder(config)`` wraps a ``Wav2Vec2Model`` or ``WavLMModel`` built from a hub id or local
 folder (``from_pretrained``), from an original fairseq/UniLM ``.pt`` checkpoint
 (:mod:`sv_kedro.models.fairseq_conversion`), or from a config with random weights (offline
-use, tests, the "no pre-training" ablation ``reset_weights: true``).
+use, tests, the "no pre-training" ablation ``reset_weights: true``). Loading and its checks
+live in :mod:`sv_kedro.models.encoder_loading`.
 
 The forward pass is run step by step on the model's own sub-modules (CNN feature encoder ->
 feature projection -> [SpecAugment] -> [prefix tokens] -> transformer) so that pooling can
@@ -31,32 +32,17 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from transformers import (
-    PretrainedConfig,
-    Wav2Vec2Config,
-    Wav2Vec2Model,
-    WavLMConfig,
-    WavLMModel,
-)
 
+from sv_kedro.models.encoder_loading import (
+    ENCODER_KINDS,
+    HF_TRAINING_KEYS,
+    build_encoder_model,
+    check_config_overrides,
+    check_pretrained,
+)
 from sv_kedro.models.masking import VARIANCE_FLOOR, lengths_to_mask
+from sv_kedro.utils.params import as_bool, as_float, as_int
 
-ENCODER_KINDS: dict[str, tuple[type[PretrainedConfig], type[nn.Module]]] = {
-    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
-    "wavlm": (WavLMConfig, WavLMModel),
-}
-# Encoder config keys copied onto the transformers config when not None.
-HF_TRAINING_KEYS: tuple[str, ...] = (
-    "layerdrop",
-    "attention_dropout",
-    "hidden_dropout",
-    "feat_proj_dropout",
-    "activation_dropout",
-    "mask_time_prob",
-    "mask_time_length",
-    "mask_feature_prob",
-    "mask_feature_length",
-)
 ENCODER_DEFAULTS: dict[str, Any] = {
     "kind": "wav2vec2",
     "pretrained": None,
@@ -71,6 +57,14 @@ ENCODER_DEFAULTS: dict[str, Any] = {
     "allow_pickle": False,
     **dict.fromkeys(HF_TRAINING_KEYS),
 }
+_SWITCHES: tuple[str, ...] = (
+    "reset_weights",
+    "completely_freeze_feature_extractor",
+    "gradient_checkpointing",
+    "output_hidden_states",
+    "allow_pickle",
+)
+_MASK_LENGTHS: tuple[str, ...] = ("mask_time_length", "mask_feature_length")
 
 
 class EncoderOutput(NamedTuple):
@@ -83,29 +77,58 @@ class EncoderOutput(NamedTuple):
 
 
 def check_encoder_config(config: Mapping[str, Any], where: str = "encoder") -> dict[str, Any]:
-    """Fill defaults and reject unknown keys or a bad ``kind``; returns a new dict."""
+    """Fill defaults and check every setting, naming ``<where>.<key>``; returns a new dict
+    with numbers converted (``"5"`` -> 5) and ``pretrained`` as a string."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {config!r}")
     unknown = sorted(set(config) - set(ENCODER_DEFAULTS))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(ENCODER_DEFAULTS)}")
     merged = {**copy.deepcopy(ENCODER_DEFAULTS), **copy.deepcopy(dict(config))}
-    if merged["kind"] not in ENCODER_KINDS:
-        raise ValueError(f"{where}.kind: '{merged['kind']}' is not one of {sorted(ENCODER_KINDS)}")
-    if not isinstance(merged["config_overrides"] or {}, Mapping):
-        raise ValueError(f"{where}.config_overrides must be a mapping")
-    if int(merged["freeze_encoder_steps"]) < 0:
-        raise ValueError(f"{where}.freeze_encoder_steps must be >= 0")
+    if not isinstance(merged["kind"], str) or merged["kind"] not in ENCODER_KINDS:
+        raise ValueError(f"{where}.kind: {merged['kind']!r} is not one of {sorted(ENCODER_KINDS)}")
+    _check_switches(merged, where)
+    _check_numbers(merged, where)
+    merged["pretrained"] = check_pretrained(merged["pretrained"], where)
+    if merged["hf_config"] is not None and not isinstance(merged["hf_config"], Mapping):
+        raise ValueError(
+            f"{where}.hf_config must be a mapping or null, got {merged['hf_config']!r}"
+        )
+    if merged["hf_config"] is not None and merged["pretrained"] is not None:
+        # Each one defines the model; taking one would silently drop the other.
+        raise ValueError(f"{where}: set pretrained or hf_config, not both")
+    merged["config_overrides"] = check_config_overrides(
+        merged["kind"], merged["config_overrides"], where
+    )
     return merged
 
 
-def _apply_settings(hf_config: PretrainedConfig, settings: Mapping[str, Any]) -> None:
-    for key, value in (settings.get("config_overrides") or {}).items():
-        # JSON/YAML lists -> the tuples transformers uses
-        setattr(hf_config, key, tuple(value) if isinstance(value, list) else value)
+def _check_switches(merged: dict[str, Any], where: str) -> None:
+    # A string such as "false" is truthy; as_bool refuses it instead.
+    for key in _SWITCHES:
+        as_bool(merged[key], f"{where}.{key}")
+    if merged["normalize_waveform"] is not None:
+        as_bool(merged["normalize_waveform"], f"{where}.normalize_waveform")
+
+
+def _check_numbers(merged: dict[str, Any], where: str) -> None:
+    steps = as_int(merged["freeze_encoder_steps"], f"{where}.freeze_encoder_steps")
+    if steps < 0:
+        raise ValueError(f"{where}.freeze_encoder_steps must be >= 0, got {steps}")
+    merged["freeze_encoder_steps"] = steps
     for key in HF_TRAINING_KEYS:
-        if settings.get(key) is not None:
-            setattr(hf_config, key, settings[key])
-    if hasattr(hf_config, "conv_dim"):
-        hf_config.num_feat_extract_layers = len(hf_config.conv_dim)
+        if merged[key] is None:
+            continue
+        if key in _MASK_LENGTHS:
+            length = as_int(merged[key], f"{where}.{key}")
+            if length < 1:
+                raise ValueError(f"{where}.{key} must be >= 1, got {length}")
+            merged[key] = length
+            continue
+        rate = as_float(merged[key], f"{where}.{key}")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{where}.{key} must be in [0, 1], got {rate}")
+        merged[key] = rate
 
 
 def _masked_group_norm(norm: nn.GroupNorm, features: Tensor, mask: Tensor) -> Tensor:
@@ -135,7 +158,9 @@ class SSLEncoder(nn.Module):
         super().__init__()
         self.settings = check_encoder_config(config)
         self.kind: str = self.settings["kind"]
-        self.model, self.conversion_report, checkpoint_normalize = self._build_model()
+        self.model, self.conversion_report, checkpoint_normalize = build_encoder_model(
+            self.settings
+        )
         normalize = self.settings["normalize_waveform"]
         self.normalize_waveform = bool(checkpoint_normalize if normalize is None else normalize)
         self.hidden_size: int = int(self.model.config.hidden_size)
@@ -158,34 +183,6 @@ class SSLEncoder(nn.Module):
         self.set_step(0)
 
     # ----------------------------------------------------------------- construction
-    def _build_model(self) -> tuple[nn.Module, Any, bool]:
-        config_class, model_class = ENCODER_KINDS[self.kind]
-        pretrained = self.settings["pretrained"]
-        hf_config_dict = self.settings["hf_config"]
-        if pretrained is not None and str(pretrained).endswith(".pt"):
-            from sv_kedro.models.fairseq_conversion import load_fairseq_model
-
-            model, report = load_fairseq_model(
-                str(pretrained),
-                self.kind,
-                settings=self.settings,
-                load_weights=not self.settings["reset_weights"],
-                allow_pickle=bool(self.settings["allow_pickle"]),
-            )
-            return model, report, report.normalize
-        if hf_config_dict is not None:
-            hf_config = config_class.from_dict(dict(hf_config_dict))
-        elif pretrained is not None:
-            hf_config = config_class.from_pretrained(str(pretrained))
-        else:
-            hf_config = config_class()
-        _apply_settings(hf_config, self.settings)
-        if pretrained is not None and hf_config_dict is None and not self.settings["reset_weights"]:
-            model = model_class.from_pretrained(str(pretrained), config=hf_config)
-        else:
-            model = model_class(hf_config)
-        return model, None, False
-
     def export_hf_config(self) -> dict[str, Any]:
         """The full transformers config as a JSON-able dict (rebuilds offline, no download)."""
         return json.loads(self.model.config.to_json_string(use_diff=False))
