@@ -74,3 +74,26 @@ def test_a_pipeline_whose_inputs_were_never_written_names_the_pipeline_that_writ
 def test_a_file_the_user_provides_is_named_with_its_path(kedro_project: Path, run_kedro):
     with pytest.raises(MissingInputsError, match=r"ssl_initial_embeddings\.pt\): no pipeline"):
         run_kedro(kedro_project, ["ssl_pseudo_labeling_external"])
+
+
+def test_kedro_run_prints_the_refusal_itself_not_a_traceback(kedro_project: Path):
+    # Kedro's CLI prints an uncaught error as some 150 lines of traceback, the message last.
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "kedro", "run", "--pipelines", "ssl_pseudo_labeling"]
+    completed = subprocess.run(
+        [*command, "--params", "ssl_pseudo_labeling.n_iteration=3"],
+        check=False,
+        cwd=kedro_project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+        timeout=300,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 1, output[-3000:]
+    assert "Error: --params: key(s) not in the base configuration: " in output
+    assert "(did you mean ssl_pseudo_labeling.n_iterations?)" in output
+    assert "Traceback" not in output and "ParamsError" not in output

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import click
 from kedro.framework.context import KedroContext
 from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines
@@ -49,8 +50,10 @@ def _forget_built_pipelines() -> None:
     pipelines.set_requested(requested)
 
 
-class ParamsError(ValueError):
-    """A ``--params`` override that cannot be what was meant."""
+class ParamsError(click.ClickException, ValueError):
+    """A parameter (a ``--params`` override or a configured value) that cannot be what was
+    meant. A ``ClickException``: ``kedro run`` prints its message, not a traceback of some
+    150 lines that buries it."""
 
 
 class ParameterCheckHook:
@@ -74,7 +77,10 @@ class ParameterCheckHook:
                 )
         section = loader["parameters"].get(NAMESPACE)
         if isinstance(section, Mapping):
-            check_section(section)
+            try:
+                check_section(section)
+            except ValueError as exc:
+                raise ParamsError(str(exc)) from exc
 
 
 class PipelineShapeHook:
@@ -86,7 +92,11 @@ class PipelineShapeHook:
         rounds = DEFAULT_ITERATIONS
         if isinstance(section, Mapping):
             rounds = section.get("n_iterations", DEFAULT_ITERATIONS)
-        if ssl_pseudo_labeling.configure_iterations(rounds):
+        try:
+            changed = ssl_pseudo_labeling.configure_iterations(rounds)
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from exc
+        if changed:
             log.info(
                 "ssl_pseudo_labeling: building %d rounds (ssl_pseudo_labeling.n_iterations)",
                 ssl_pseudo_labeling.n_iterations(),
@@ -94,7 +104,7 @@ class PipelineShapeHook:
             _forget_built_pipelines()
 
 
-class MissingInputsError(RuntimeError):
+class MissingInputsError(click.ClickException, RuntimeError):
     """A pipeline's free inputs do not exist yet."""
 
 
