@@ -105,7 +105,10 @@ def _mixture_density(
 
 
 def _keep(previous: float, reason: str, **fit: object) -> GateFit:
-    logger.warning("loss gate: keeping threshold %.4f: %s", previous, reason)
+    # A unimodal loss distribution is the expected case in many epochs (the gate holds by
+    # design); only a fit that failed for another reason deserves a warning.
+    level = logging.INFO if reason.startswith("unimodal") else logging.WARNING
+    logger.log(level, "loss gate: keeping threshold %.4f: %s", previous, reason)
     return GateFit(threshold=float(previous), changed=False, reason=reason, **fit)  # type: ignore[arg-type]
 
 
