@@ -206,3 +206,22 @@ def test_bad_arguments_and_keys(tmp_path):
         EmbeddingsDataset(filepath=str(tmp_path / "x")).save({"a\nb": np.zeros(3)})
     with pytest.raises(DatasetError, match=r"key 7 is a int"):
         table_from_vectors({7: np.zeros(3)})
+
+
+def test_a_damaged_vector_in_a_pt_file_is_refused_naming_the_member(tmp_path):
+    import zipfile
+
+    path = tmp_path / "external.pt"
+    table = _table(dim=256)
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in table.items()}, path)
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    header = member.header_offset
+    name_len = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(data[header + 28 : header + 30], "little")
+    at = header + 30 + name_len + extra_len + member.file_size // 2
+    data[at : at + 4] = bytes(b ^ 0x40 for b in data[at : at + 4])  # a finite, wrong float
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"external\.pt: corrupt: {member.filename} fails"):
+        EmbeddingsDataset(filepath=str(path)).load()
