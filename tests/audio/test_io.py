@@ -89,3 +89,39 @@ def test_broken_symlink_is_named_as_such(tmp_path):
     (tmp_path / "link.flac").symlink_to(tmp_path / "gone.flac")
     with pytest.raises(AudioDecodeError, match=r"link\.flac: broken symbolic link .*gone\.flac"):
         audio_info(tmp_path / "link.flac")
+
+
+def _wav_with_list_chunk(path, frames: int = 16000) -> bytes:
+    """A 16-bit mono WAV whose data chunk follows a LIST chunk (as many tools write)."""
+    write_audio(path, 0.1 * np.sin(np.arange(frames) / 7.0).astype(np.float32), 16000)
+    raw = path.read_bytes()
+    at = raw.index(b"data")
+    listing = b"LIST" + (6).to_bytes(4, "little") + b"INFOxx"
+    riff_size = int.from_bytes(raw[4:8], "little") + len(listing)
+    return raw[:4] + riff_size.to_bytes(4, "little") + raw[8:at] + listing + raw[at:]
+
+
+def test_a_wav_cut_short_is_named_as_truncated(tmp_path):
+    # libsndfile clamps the frame count to what the file holds: without a check a WAV
+    # cut in half by an interrupted copy passes as a recording half as long.
+    whole = tmp_path / "whole.wav"
+    whole.write_bytes(_wav_with_list_chunk(whole))
+    assert audio_info(whole).frames == 16000
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 14 + 16000])
+    with pytest.raises(
+        AudioDecodeError,
+        match=r"cut\.wav: truncated: its header declares 16000 frames \(1\.00 s\), "
+        r"the file holds 8000 \(0\.50 s\)",
+    ):
+        audio_info(cut)
+
+
+def test_a_streaming_writer_s_placeholder_size_is_not_judged(tmp_path):
+    placeholder = 0xFFFFFFFF
+    path = tmp_path / "streamed.wav"
+    raw = bytearray(_wav_with_list_chunk(path))
+    at = raw.index(b"data") + 4
+    raw[at : at + 4] = placeholder.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    assert audio_info(path).frames == 16000

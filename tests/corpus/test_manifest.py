@@ -99,6 +99,17 @@ def test_roots_without_clash_keep_plain_ids(two_roots: tuple[Path, Path], tmp_pa
     pd.testing.assert_frame_equal(manifest, again)
 
 
+def test_a_wav_cut_short_becomes_a_row_with_error(tmp_path: Path) -> None:
+    whole = tmp_path / "spk" / "whole.wav"
+    _tone(whole, seconds=1.0)
+    cut = tmp_path / "spk" / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 16000])
+    scanned = scan_folder_roots([tmp_path], progress=False)
+    rows = scanned.set_index("utt_id")
+    assert "truncated: its header declares 16000 frames" in rows.loc["spk/cut.wav", "error"]
+    assert rows.loc["spk/whole.wav", "error"] == ""
+
+
 def test_missing_root_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nowhere.*does not exist"):
         scan_folder_roots([tmp_path / "nowhere"], progress=False)

@@ -81,15 +81,62 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
             return _pyav_info(path)
         # SoundFile reads the header only; sf.info() also formats a description we don't use.
         with sf.SoundFile(path) as handle:
-            return AudioInfo(
+            info = AudioInfo(
                 frames=int(handle.frames),
                 sample_rate=int(handle.samplerate),
                 channels=int(handle.channels),
             )
+        if _suffix(path) == ".wav":
+            _refuse_truncated_wav(path, info)
+        return info
     except AudioDecodeError:
         raise
     except Exception as exc:  # soundfile raises several types for bad headers
         raise _decode_error(path, "cannot read audio header", exc) from exc
+
+
+def _refuse_truncated_wav(path: str, info: AudioInfo) -> None:
+    """Raise when a WAV file holds fewer sample bytes than its header declares.
+
+    libsndfile clamps the frame count to what the file holds, so a WAV cut short by an
+    interrupted copy or download would otherwise pass as a shorter recording. A header
+    whose data size is a placeholder (0 or 0xFFFFFFFF, as streaming writers leave it) or
+    whose data chunk is not in the first 4 KiB is not judged.
+    """
+    declared = _wav_data_chunk(path)
+    if declared is None:
+        return
+    data_bytes, data_offset, block_align = declared
+    held = os.path.getsize(path) - data_offset
+    if data_bytes in (0, 0xFFFFFFFF) or data_bytes <= held or block_align <= 0:
+        return
+    rate = info.sample_rate or 1
+    frames = data_bytes // block_align
+    raise AudioDecodeError(
+        f"{path}: truncated: its header declares {frames} frames ({frames / rate:.2f} s), "
+        f"the file holds {info.frames} ({info.frames / rate:.2f} s); copy or convert it again"
+    )
+
+
+def _wav_data_chunk(path: str) -> tuple[int, int, int] | None:
+    """``(declared data bytes, offset of the data, bytes per frame)`` of a RIFF/WAVE file,
+    or None when its first 4 KiB do not show them."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    offset, block_align = 12, 0
+    while offset + 8 <= len(head):
+        chunk, size = (
+            head[offset : offset + 4],
+            int.from_bytes(head[offset + 4 : offset + 8], "little"),
+        )
+        if chunk == b"fmt " and offset + 22 <= len(head):
+            block_align = int.from_bytes(head[offset + 20 : offset + 22], "little")
+        if chunk == b"data":
+            return size, offset + 8, block_align
+        offset += 8 + size + (size & 1)  # chunks are padded to an even length
+    return None
 
 
 def read_audio(
