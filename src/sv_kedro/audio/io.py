@@ -103,11 +103,17 @@ def _refuse_truncated_wav(path: str, info: AudioInfo) -> None:
     whose data size is a placeholder (0 or 0xFFFFFFFF, as streaming writers leave it) or
     whose data chunk is not in the first 4 KiB is not judged.
     """
-    declared = _wav_data_chunk(path)
+    # One raw descriptor, no buffered file object: this runs for every WAV a scan lists.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head, file_bytes = os.pread(fd, 4096, 0), os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    declared = _wav_data_chunk(head)
     if declared is None:
         return
     data_bytes, data_offset, block_align = declared
-    held = os.path.getsize(path) - data_offset
+    held = file_bytes - data_offset
     if data_bytes in (0, 0xFFFFFFFF) or data_bytes <= held or block_align <= 0:
         return
     rate = info.sample_rate or 1
@@ -118,11 +124,9 @@ def _refuse_truncated_wav(path: str, info: AudioInfo) -> None:
     )
 
 
-def _wav_data_chunk(path: str) -> tuple[int, int, int] | None:
-    """``(declared data bytes, offset of the data, bytes per frame)`` of a RIFF/WAVE file,
-    or None when its first 4 KiB do not show them."""
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
+def _wav_data_chunk(head: bytes) -> tuple[int, int, int] | None:
+    """``(declared data bytes, offset of the data, bytes per frame)`` from the first bytes
+    of a RIFF/WAVE file, or None when they do not show them."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     offset, block_align = 12, 0
