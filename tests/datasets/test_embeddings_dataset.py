@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from kedro.io import DatasetError, Version
+from zip_damage import flip_member_bytes
 
 from sv_kedro.datasets import EmbeddingsDataset, table_from_vectors
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
@@ -209,19 +210,9 @@ def test_bad_arguments_and_keys(tmp_path):
 
 
 def test_a_damaged_vector_in_a_pt_file_is_refused_naming_the_member(tmp_path):
-    import zipfile
-
     path = tmp_path / "external.pt"
     table = _table(dim=256)
     torch.save({k: torch.from_numpy(v.copy()) for k, v in table.items()}, path)
-    with zipfile.ZipFile(path) as archive:
-        member = max(archive.infolist(), key=lambda info: info.file_size)
-    data = bytearray(path.read_bytes())
-    header = member.header_offset
-    name_len = int.from_bytes(data[header + 26 : header + 28], "little")
-    extra_len = int.from_bytes(data[header + 28 : header + 30], "little")
-    at = header + 30 + name_len + extra_len + member.file_size // 2
-    data[at : at + 4] = bytes(b ^ 0x40 for b in data[at : at + 4])  # a finite, wrong float
-    path.write_bytes(bytes(data))
-    with pytest.raises(DatasetError, match=rf"external\.pt: corrupt: {member.filename} fails"):
+    member = flip_member_bytes(path, count=4, mask=0x40)  # a finite, wrong float
+    with pytest.raises(DatasetError, match=rf"external\.pt: corrupt: {member} fails"):
         EmbeddingsDataset(filepath=str(path)).load()

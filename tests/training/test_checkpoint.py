@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from zip_damage import flip_member_bytes
 
 from sv_kedro.training import checkpoint as ckpt
 from sv_kedro.training.checkpoint import (
@@ -276,28 +277,6 @@ def test_summary_counts_parameters_and_reports_progress():
     assert summary["has_optimizer_state"] and summary["has_rng_state"]
 
 
-def _flip_member_bytes(path, member: str | None = None, count: int = 256) -> str:
-    """XOR ``count`` bytes in the middle of a zip member's data (the largest by default),
-    leaving the archive's structure intact; returns the member's name."""
-    with zipfile.ZipFile(path) as archive:
-        infos = archive.infolist()
-    info = (
-        max(infos, key=lambda i: i.file_size)
-        if member is None
-        else next(i for i in infos if i.filename == member)
-    )
-    with open(path, "r+b") as handle:
-        handle.seek(info.header_offset + 26)
-        name_len, extra_len = (int.from_bytes(handle.read(2), "little") for _ in range(2))
-        count = min(count, info.file_size)
-        middle = info.header_offset + 30 + name_len + extra_len + (info.file_size - count) // 2
-        handle.seek(middle)
-        flipped = bytes(byte ^ 0xFF for byte in handle.read(count))
-        handle.seek(middle)
-        handle.write(flipped)
-    return info.filename
-
-
 def _big_payload() -> dict:
     model = torch.nn.Linear(64, 64)
     return build_checkpoint("toy_linear", {"in_dim": 64}, model.state_dict(), epoch=0, step=0)
@@ -317,7 +296,7 @@ def test_torch_written_zips_carry_valid_crcs(tmp_path):
 def test_damaged_tensor_data_is_refused_naming_file_and_member(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, _big_payload())
-    member = _flip_member_bytes(path)
+    member = flip_member_bytes(path)
     assert member.startswith("archive/data/")
     with zipfile.ZipFile(path) as archive:
         assert archive.testzip() == member  # the repro: torch.load alone accepts this
@@ -334,7 +313,7 @@ def test_damaged_tensor_data_is_refused_naming_file_and_member(tmp_path):
 def test_damaged_pickle_is_named_as_a_crc_failure(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, _payload())
-    member = _flip_member_bytes(path, "archive/data.pkl", count=16)
+    member = flip_member_bytes(path, "archive/data.pkl", count=16)
     with pytest.raises(CheckpointError, match=r"model\.pt: corrupt: archive/data\.pkl fails its"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match=rf"corrupt: {re.escape(member)}"):
@@ -352,7 +331,7 @@ def test_mmap_load_leaves_mapped_tensor_data_unchecked(tmp_path):
     # Documented: a mapped load reads no tensor data (a cheap summary), so none is checked.
     path = tmp_path / "model.pt"
     save_checkpoint(path, _big_payload())
-    _flip_member_bytes(path)
+    flip_member_bytes(path)
     assert checkpoint_summary(load_checkpoint(path, mmap=True))["parameter_count"] == 64 * 65
     with pytest.raises(CheckpointError, match="fails its CRC check"):
         load_checkpoint(path)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import zipfile
 
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from zip_damage import flip_member_bytes
 
 from sv_kedro.training.batches import ShuffledLoaderFactory
 from sv_kedro.training.checkpoint import CheckpointError, checkpoint_summary, load_checkpoint
@@ -159,21 +159,11 @@ def test_a_damaged_last_checkpoint_stops_the_resume_and_says_what_to_do(tmp_path
     factory = ShuffledLoaderFactory(make_dataset(), batch_size=8)
     train(make_model(), GateTask(), factory, config(epochs=1), tmp_path / "run")
     last = tmp_path / "run" / "last.pt"
-    with zipfile.ZipFile(last) as archive:
-        biggest = max(archive.infolist(), key=lambda info: info.file_size)
-    data = bytearray(last.read_bytes())
-    # Inside the member's stored bytes: its local header is 30 bytes plus name and extra.
-    name_len, extra_len = (
-        int.from_bytes(data[biggest.header_offset + at : biggest.header_offset + at + 2], "little")
-        for at in (26, 28)
-    )
-    start = biggest.header_offset + 30 + name_len + extra_len + biggest.file_size // 2
-    data[start : start + 16] = bytes(b ^ 0xFF for b in data[start : start + 16])
-    last.write_bytes(bytes(data))
+    member = flip_member_bytes(last, count=16)
     with pytest.raises(CheckpointError) as caught:
         train(make_model(), GateTask(), factory, config(), tmp_path / "run")
     message = str(caught.value)
-    assert f"{last}: corrupt: {biggest.filename} fails its CRC check" in message
+    assert f"{last}: corrupt: {member} fails its CRC check" in message
     assert "delete it to train from the start" in message and "run.resume: false" in message
     # With resume off the same command trains from the start, leaving nothing unexplained.
     fresh = train(make_model(), GateTask(), factory, config(), tmp_path / "run", resume=False)
