@@ -219,7 +219,12 @@ def test_shipped_scoring_configs_are_valid():
         ),
         ({"pair_batch_size": "abc"}, r"evaluation\.scoring\.pair_batch_size must be an integer"),
         ({"lda_dim": -5}, r"evaluation\.scoring\.lda_dim must be >= 1 or null"),
-        ({"top_n": 0}, r"evaluation\.scoring\.top_n must be >= 1, got 0"),
+        ({"top_n": 0}, r"evaluation\.scoring\.top_n must be >= 2, got 0"),
+        ({"top_n": 1}, r"evaluation\.scoring\.top_n must be >= 2, got 1"),
+        ({"pair_max_seconds": float("nan")}, r"pair_max_seconds must be a finite number > 0"),
+        ({"pair_max_seconds": "inf"}, r"pair_max_seconds must be a finite number > 0"),
+        ({"cohort_shard_dir": 5}, r"scoring\.cohort_shard_dir must be a folder path or null"),
+        ({"backends": [["cosine"]]}, r"evaluation\.scoring\.backends must be a list"),
         (
             {"cosine": {"length_norm": "nope"}},
             r"evaluation\.scoring\.cosine\.length_norm must be true or false, got 'nope'",
@@ -253,3 +258,103 @@ def test_comparison_keys_and_main_backend_are_checked():
         compare_systems({"main_backnd": "cosine"})
     with pytest.raises(ValueError, match=r"evaluation\.comparison\.main_backend: unknown 'fusoin'"):
         compare_systems({"main_backend": "fusoin"})
+
+
+@pytest.mark.parametrize(
+    ("extraction", "message"),
+    [
+        ({"n_crops": -1}, r"evaluation\.extraction: ExtractionConfig\.n_crops must be .*>= 0"),
+        ({"n_crops": 0}, r"evaluation\.extraction\.n_crops must be >= 1"),
+        ({"crop_seconds": 0}, r"evaluation\.extraction: ExtractionConfig\.crop_seconds"),
+        (
+            {"crop_seconds": 4.0, "max_seconds": 2.0},
+            r"evaluation\.extraction: .*max_seconds \(2\.0\) is shorter than crop_seconds",
+        ),
+    ],
+)
+def test_bad_extraction_settings_stop_both_embedding_nodes_before_extraction(extraction, message):
+    from sv_kedro.pipelines.evaluation.nodes import embed_cohort_utterances, embed_test_utterances
+
+    # The cohort is embedded with n_crops 0, which used to hide the test settings' crops
+    # until after the cohort's extraction: an empty checkpoint is never reached.
+    with pytest.raises(ValueError, match=message):
+        embed_cohort_utterances({}, pd.DataFrame(), extraction, {})
+    with pytest.raises(ValueError, match=message):
+        embed_test_utterances({}, pd.DataFrame(), extraction, {})
+
+
+def _scoring_inputs():
+    from sv_kedro.scoring.embedding_table import EmbeddingTable
+
+    rng = np.random.default_rng(1)
+    keys = [f"spk{k % 3}/u{k}" for k in range(9)]
+    full = EmbeddingTable(keys, rng.standard_normal((9, 8)).astype(np.float32))
+    crops = EmbeddingTable(keys, rng.standard_normal((9, 8)).astype(np.float32))
+    cohort_keys = [f"train{k}" for k in range(24)]
+    cohort = EmbeddingTable(cohort_keys, rng.standard_normal((24, 8)).astype(np.float32))
+    train = pd.DataFrame({"utt_id": cohort_keys, "speaker": [f"t{k % 6}" for k in range(24)]})
+    pairs = [(a, b) for a in range(9) for b in range(a + 1, 9)]
+    trials = pd.DataFrame(
+        {
+            "label": [int(a % 3 == b % 3) for a, b in pairs],
+            "enrol": [keys[a] for a, _ in pairs],
+            "test": [keys[b] for _, b in pairs],
+        }
+    )
+    return full, crops, cohort, train, trials
+
+
+@pytest.mark.parametrize(
+    ("table", "row", "value", "message"),
+    [
+        ("full", 4, 0.0, r"test \(full-utterance\) embeddings: 1 embedding\(s\) are all zeros"),
+        ("crops", 4, np.nan, r"test \(crop\) embeddings: 1 embedding\(s\) contain NaN"),
+        ("cohort", 7, np.nan, r"cohort \(training\) embeddings: .*NaN or inf, e\.g\. \['train7'\]"),
+    ],
+)
+def test_unusable_embeddings_are_named_before_scoring(table, row, value, message):
+    from sv_kedro.pipelines.evaluation.nodes import score_trial_sets
+    from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+
+    inputs = dict(zip(("full", "crops", "cohort"), _scoring_inputs()[:3], strict=True))
+    vectors = inputs[table].vectors.copy()
+    vectors[row] = value
+    inputs[table] = EmbeddingTable(inputs[table].keys_, vectors)
+    _, _, _, train, trials = _scoring_inputs()
+    with pytest.raises(EmbeddingError, match=message) as caught:
+        score_trial_sets(*inputs.values(), train, trials, None, {"lda_dim": 4, "top_n": 5})
+    if table != "cohort":
+        assert "spk1/u4" in str(caught.value)
+
+
+def test_valid_inputs_score_every_backend_and_a_bad_label_names_set_and_backend():
+    from sv_kedro.pipelines.evaluation.nodes import score_trial_sets
+
+    full, crops, cohort, train, trials = _scoring_inputs()
+    scoring = {"lda_dim": 4, "top_n": 5}
+    scores, metrics, _ = score_trial_sets(full, crops, cohort, train, trials, None, scoring)
+    assert set(metrics["test"]) == {"cosine", "cosine_crops", "fusion", "asnorm", "plda"}
+    assert np.isfinite(scores[["cosine", "asnorm", "plda"]].to_numpy()).all()
+    bad = trials.assign(label=trials["label"].where(trials.index != 2, 2))
+    with pytest.raises(
+        ValueError, match=r"trial set 'test', back-end 'cosine': labels must be 0 .* \[2\]"
+    ):
+        score_trial_sets(full, crops, cohort, train, bad, None, scoring)
+
+
+def test_a_system_left_out_of_the_det_plot_is_said(caplog):
+    from sv_kedro.pipelines.evaluation.nodes import score_trial_sets
+
+    full, crops, cohort, train, trials = _scoring_inputs()
+    outputs = {}
+    for system, backends in (("a", ["cosine", "fusion"]), ("b", ["cosine"])):
+        scoring = {"backends": backends, "main_backend": "cosine"}
+        scores, metrics, _ = score_trial_sets(full, crops, cohort, train, trials, None, scoring)
+        outputs[f"{system}__scores"], outputs[f"{system}__metrics"] = scores, metrics
+    from sv_kedro.pipelines.evaluation.nodes import compare_systems
+
+    with caplog.at_level("WARNING"):
+        table, _, figure = compare_systems({"main_backend": "fusion"}, **outputs)
+    assert "leaves out ['b']" in caplog.text
+    assert len(figure.axes[0].get_legend().get_texts()) == 1
+    assert set(table["system"]) == {"a", "b"}

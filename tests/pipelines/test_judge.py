@@ -14,6 +14,7 @@ from sv_kedro.pipelines.judge.nodes import (
     judged_embeddings,
     judged_trials,
     scan_judged_audio,
+    score_judged_trials,
 )
 from sv_kedro.pipelines.judge.pipeline import create_pipeline
 
@@ -102,3 +103,20 @@ def test_an_embeddings_file_must_hold_every_trial_utterance(tmp_path):
 def test_the_trials_are_checked_before_anything_is_embedded():
     order = [node.name for node in create_pipeline().nodes]
     assert order.index("load_or_generate_judged_trials") < order.index("embed_judged_audio")
+
+
+def test_a_nan_crop_embedding_is_named_before_scoring():
+    from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
+    from sv_kedro.scoring.trial_list import trials_frame
+
+    keys = list(MANIFEST["utt_id"])
+    rng = np.random.default_rng(0)
+    full = EmbeddingTable(keys, rng.standard_normal((4, 8)).astype(np.float32))
+    crop_vectors = rng.standard_normal((4, 8)).astype(np.float32)
+    trials = trials_frame([1, 0, 1], [keys[0], keys[0], keys[2]], [keys[1], keys[2], keys[3]])
+    judge = {"embeddings": "e.pt", "audio_root": "x"}
+    frame, metrics = score_judged_trials(trials, (full, EmbeddingTable(keys, crop_vectors)), judge)
+    assert np.isfinite(frame["fusion"]).all() and metrics["fusion"]["n_trials"] == 3
+    crop_vectors[3, 5] = np.nan
+    with pytest.raises(EmbeddingError, match=r"crop embeddings: 1 embedding\(s\) .*\['b/2\.wav'\]"):
+        score_judged_trials(trials, (full, EmbeddingTable(keys, crop_vectors)), judge)

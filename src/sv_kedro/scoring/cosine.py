@@ -73,7 +73,7 @@ def trial_rows(table: EmbeddingTable, trials: pd.DataFrame) -> tuple[np.ndarray,
         )
         raise EmbeddingError(
             f"{len(missing)} utterance(s) in the trial list have no embedding, "
-            f"e.g. {list(missing[:5])}"
+            f"e.g. {[str(utt) for utt in missing[:5]]}"
         )
     return enrol, test
 
@@ -187,8 +187,16 @@ def cosine_scores(
         remap = np.full(len(table), -1, dtype=np.int64)
         remap[rows] = np.arange(len(rows))
         enrol, test = remap[enrol], remap[test]
-    if mean is not None and not np.isfinite(mean).all():
-        raise EmbeddingError("the centring mean contains NaN or inf")
+    if mean is not None:
+        mean = np.asarray(mean)
+        # A mean of another dimension would fail as a bare broadcast error, or (dim 1)
+        # broadcast silently and shift every coordinate by one number.
+        if mean.shape != (table.dim,):
+            raise EmbeddingError(
+                f"the centring mean has shape {mean.shape}; the embeddings need ({table.dim},)"
+            )
+        if not np.isfinite(mean).all():
+            raise EmbeddingError("the centring mean contains NaN or inf")
     centred = _centred(vectors, mean)
     if length_norm:
         norms = _row_norms(centred)
@@ -235,11 +243,14 @@ def fuse_scores(
     """Weighted mean of several score arrays for the same trials (full and crop scores)."""
     if not score_sets:
         raise ValueError("no scores to fuse")
-    lengths = {len(s) for s in score_sets}
-    if len(lengths) != 1:
-        raise ValueError(f"score arrays differ in length: {sorted(lengths)}")
+    shapes = {np.shape(s) for s in score_sets}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"score arrays must be 1-D and not differ in length: {sorted(shapes)}")
     w = np.ones(len(score_sets)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(w) != len(score_sets):
-        raise ValueError(f"{len(w)} weights for {len(score_sets)} score arrays")
+    if w.shape != (len(score_sets),):
+        raise ValueError(f"{w.size} weights for {len(score_sets)} score arrays")
+    # Zero-sum weights give NaN (0/0); negative ones turn a score upside down.
+    if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+        raise ValueError(f"fusion weights must be finite, >= 0 and not all 0, got {w.tolist()}")
     stacked = np.stack([np.asarray(s, dtype=np.float64) for s in score_sets])
     return (w[:, None] * stacked).sum(axis=0) / w.sum()

@@ -33,6 +33,9 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
     def __post_init__(self) -> None:
         if self.vectors.ndim != 2:
             raise EmbeddingError(f"vectors must be [n, dim], got shape {self.vectors.shape}")
+        if self.vectors.shape[1] == 0 and len(self.vectors):
+            # Every score of a 0-dimensional embedding is 0, and would be reported as one.
+            raise EmbeddingError(f"embeddings have dimension 0 (shape {self.vectors.shape})")
         if len(self.keys_) != self.vectors.shape[0]:
             raise EmbeddingError(f"{len(self.keys_)} keys but {self.vectors.shape[0]} vectors")
         self._index = {key: i for i, key in enumerate(self.keys_)}

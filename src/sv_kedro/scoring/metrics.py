@@ -8,8 +8,10 @@ score values only, which makes every figure exact when many scores are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,47 @@ def _validated(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     if not np.all(np.isfinite(scores)):
         bad = np.flatnonzero(~np.isfinite(scores))[:5].tolist()
         raise ValueError(f"scores contain NaN or inf at trial indices {bad}")
-    labels = labels.astype(bool)
+    labels = _binary_labels(labels)
     if labels.all() or not labels.any():
         raise ValueError("need at least one target and one non-target trial")
     return scores, labels
+
+
+def _binary_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as booleans; anything but 0/1 (or True/False) raises naming trial indices.
+
+    A bare ``astype(bool)`` would count a label 2, -1, 0.5 or a missing (NaN) label as a
+    target trial and report metrics for a list that was never what the labels said.
+    """
+    if labels.dtype == bool:
+        return labels
+    if labels.dtype.kind in "biuf":
+        numeric = labels.astype(np.float64)
+    else:
+        # Strings and objects ("true", pd.NA) become NaN here, so only they are named.
+        numeric = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+    valid = (numeric == 0) | (numeric == 1)
+    if not valid.all():
+        bad = np.flatnonzero(~valid)[:5]
+        raise ValueError(
+            f"labels must be 0 (non-target) or 1 (target); got {labels[bad].tolist()} "
+            f"at trial indices {bad.tolist()}"
+        )
+    return numeric == 1
+
+
+def _check_costs(p_target: float, c_miss: float, c_fa: float) -> None:
+    # p_target 0 or 1 makes the normalising cost 0 (minDCF NaN); outside (0, 1), or with
+    # a cost <= 0, the figure is a number that means nothing: refuse rather than report it.
+    for name, value in (("p_target", p_target), ("c_miss", c_miss), ("c_fa", c_fa)):
+        if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
+            raise ValueError(f"minDCF: {name} must be a finite number, got {value!r}")
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"minDCF: p_target must lie strictly between 0 and 1, got {p_target!r}")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"minDCF: c_miss and c_fa must be > 0, got {c_miss!r} and {c_fa!r}")
 
 
 def error_rates(scores: np.ndarray, labels: np.ndarray) -> ErrorRates:
@@ -106,6 +145,7 @@ def compute_min_dcf(
     c_fa: float = 1.0,
 ) -> float:
     """Minimum normalised detection cost over all thresholds (NIST SRE definition)."""
+    _check_costs(p_target, c_miss, c_fa)
     rates = error_rates(scores, labels)
     return _min_dcf_from_rates(rates.fnr, rates.fpr, p_target, c_miss, c_fa)
 
@@ -122,10 +162,12 @@ def verification_metrics(
     scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05)
 ) -> dict[str, float]:
     """EER and minDCF at each ``p_target`` from a single sort: ``{"eer", "min_dcf_0.01", ...}``."""
+    for p_target in p_targets:
+        _check_costs(p_target, 1.0, 1.0)
     rates = error_rates(scores, labels)
     result = {"eer": _eer_from_rates(rates.fnr, rates.fpr)}
     for p_target in p_targets:
         result[f"min_dcf_{p_target:g}"] = _min_dcf_from_rates(rates.fnr, rates.fpr, p_target, 1, 1)
     result["n_trials"] = int(np.asarray(labels).size)
-    result["n_targets"] = int(np.asarray(labels).astype(bool).sum())
+    result["n_targets"] = int(_binary_labels(np.asarray(labels).ravel()).sum())
     return result

@@ -13,6 +13,7 @@ The quadratic terms are computed once per utterance, the cross term once per tri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import pandas as pd
@@ -25,11 +26,9 @@ def _class_scatter(
     vectors: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Global mean, between-class and within-class covariance (``[dim, dim]`` each)."""
+    x = _checked_training_set(vectors, labels)
     codes, _ = pd.factorize(pd.Series(labels))
     n_classes = codes.max() + 1
-    if n_classes < 2:
-        raise ValueError("LDA/PLDA need embeddings of at least two speakers")
-    x = vectors.astype(np.float64)
     mu = x.mean(axis=0)
     counts = np.bincount(codes, minlength=n_classes).astype(np.float64)
     sums = np.zeros((n_classes, x.shape[1]))
@@ -39,7 +38,38 @@ def _class_scatter(
     between = (centred_means * counts[:, None]).T @ centred_means / counts.sum()
     within_dev = x - class_means[codes]
     within = within_dev.T @ within_dev / counts.sum()
+    if not np.trace(within) > 0:
+        # Nothing varies within a speaker: LDA's Cholesky fails on a bare LinAlgError and
+        # PLDA inverts a zero matrix into scores of 1e8.
+        raise ValueError(
+            f"LDA/PLDA: none of the {n_classes} speakers has two different embeddings (one "
+            "utterance each, or copies of one vector), so there is no within-speaker "
+            "variation to train on; give several utterances per speaker"
+        )
     return mu, between, within
+
+
+def _checked_training_set(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``vectors`` as float64 ``[n, dim]``, after checking them against ``labels``."""
+    x = np.asarray(vectors, dtype=np.float64)
+    labels = np.asarray(labels, dtype=object).ravel()
+    if x.ndim != 2 or len(x) != len(labels):
+        raise ValueError(f"LDA/PLDA: {len(labels)} speaker labels for embeddings {x.shape}")
+    unlabelled = np.flatnonzero(pd.isna(labels))
+    if unlabelled.size:
+        raise ValueError(
+            f"LDA/PLDA: {unlabelled.size} training embedding(s) have no speaker label, at "
+            f"rows {unlabelled[:5].tolist()}"
+        )
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"LDA/PLDA: {bad.size} training embedding(s) hold NaN or inf, at rows "
+            f"{bad[:5].tolist()}"
+        )
+    if len(pd.unique(labels)) < 2:
+        raise ValueError("LDA/PLDA need embeddings of at least two speakers")
+    return x
 
 
 @dataclass
@@ -52,6 +82,9 @@ class LDA:
     @classmethod
     def fit(cls, vectors: np.ndarray, labels: np.ndarray, dim: int) -> LDA:
         """Fit on length-normalised ``vectors [n, d]`` with speaker ``labels [n]``."""
+        # dim -1 would keep all but one direction and 0 none, both without a word.
+        if isinstance(dim, bool) or not isinstance(dim, Integral) or dim < 1:
+            raise ValueError(f"LDA: dim must be an integer >= 1, got {dim!r}")
         mu, between, within = _class_scatter(vectors, labels)
         within = within + 1e-6 * np.trace(within) / len(within) * np.eye(len(within))
         # Generalised eigenproblem B v = λ W v through a Cholesky whitening of W.
@@ -67,6 +100,20 @@ class LDA:
         return ((vectors - self.mean) @ self.projection).astype(np.float32)
 
 
+def _check_within_rank(within: np.ndarray) -> None:
+    """Refuse a within-speaker covariance without spread in some direction: PLDA inverts
+    it, and the scores (``1e8`` and more) would be meaningless."""
+    eigvals = np.linalg.eigvalsh(within)
+    rank = int((eigvals > 1e-10 * eigvals[-1]).sum())
+    if rank < len(within):
+        raise ValueError(
+            f"PLDA: the within-speaker covariance has rank {rank} of {len(within)} (too few "
+            "utterances per speaker beyond the first, or copies of one vector, for the "
+            "embedding dimension); give more utterances per speaker, or project to fewer "
+            "dimensions with LDA (evaluation.scoring.lda_dim)"
+        )
+
+
 @dataclass
 class TwoCovariancePLDA:
     """Two-covariance PLDA with closed-form trial scoring."""
@@ -79,6 +126,7 @@ class TwoCovariancePLDA:
     def fit(cls, vectors: np.ndarray, labels: np.ndarray, n_iter: int = 10) -> TwoCovariancePLDA:
         """Moment initialisation, then EM on the two covariances."""
         mu, between, within = _class_scatter(vectors, labels)
+        _check_within_rank(within)
         codes, _ = pd.factorize(pd.Series(labels))
         x = vectors.astype(np.float64) - mu
         n_classes = codes.max() + 1
@@ -147,6 +195,12 @@ def plda_scores(
     plda: TwoCovariancePLDA,
 ) -> np.ndarray:
     """Apply the same length-norm / LDA transform as in training, then PLDA-score."""
+    trained_dim = len(lda.mean) if lda is not None else len(plda.mean)
+    if table.dim != trained_dim:
+        raise ValueError(
+            f"PLDA: test embeddings have dimension {table.dim}, but the "
+            f"{'LDA' if lda is not None else 'PLDA'} model was trained on {trained_dim}"
+        )
     enrol, test = trial_rows(table, trials)
     used = np.unique(np.r_[enrol, test])
     keys = [table.keys_[i] for i in used]

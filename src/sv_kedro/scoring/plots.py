@@ -28,7 +28,10 @@ def det_curve_figure(
     ax = fig.subplots()
     clip = (1e-4, 1 - 1e-4)
     for name, (scores, labels) in systems.items():
-        rates = error_rates(scores, labels)
+        try:
+            rates = error_rates(scores, labels)
+        except ValueError as exc:
+            raise ValueError(f"DET curve of {name!r}: {exc}") from exc
         fpr = norm.ppf(np.clip(rates.fpr, *clip))
         fnr = norm.ppf(np.clip(rates.fnr, *clip))
         ax.plot(fpr, fnr, label=f"{name} (EER {compute_eer(scores, labels):.2%})")
@@ -51,16 +54,22 @@ def det_curve_figure(
 
 def score_histogram_figure(scores: np.ndarray, labels: np.ndarray, title: str = "") -> Figure:
     """Target and non-target score histograms on shared bins."""
+    # Checked (labels 0/1, finite scores, both classes) before anything is drawn.
+    eer = compute_eer(scores, labels)
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
     fig = Figure(figsize=(5.5, 3.2), dpi=100)
     ax = fig.subplots()
-    bins = np.linspace(scores.min(), scores.max(), 60)
+    low, high = scores.min(), scores.max()
+    if low == high:
+        # One value only: zero-width bins would divide the densities by zero.
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, 60)
     ax.hist(scores[~labels], bins=bins, alpha=0.6, density=True, label="non-target")
     ax.hist(scores[labels], bins=bins, alpha=0.6, density=True, label="target")
     ax.set_xlabel("score")
     ax.set_ylabel("density")
-    ax.set_title(title or f"scores (EER {compute_eer(scores, labels):.2%})")
+    ax.set_title(title or f"scores (EER {eer:.2%})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

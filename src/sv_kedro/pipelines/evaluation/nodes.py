@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -13,90 +12,31 @@ from matplotlib.figure import Figure
 
 from sv_kedro.api import model_from_checkpoint
 from sv_kedro.corpus.shards import check_shards_hold
+from sv_kedro.pipelines.evaluation.options import (
+    BACKENDS,
+    PAIR_BACKEND,
+    PAIRED_ARCHITECTURE,
+    SCORING,
+    CosineOptions,
+    ScoringOptions,
+    check_test_extraction,
+    scoring_options,
+)
 from sv_kedro.scoring.asnorm import as_norm_scores, speaker_cohort
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
-from sv_kedro.scoring.embedding_table import EmbeddingTable
+from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.pair_scoring import score_pairs_batched
 from sv_kedro.scoring.plda import lda_plda_pipeline_fit, plda_scores
 from sv_kedro.scoring.plots import det_curve_figure, score_histogram_figure
-from sv_kedro.utils.params import as_int, check_keys, coerce_scalars
+from sv_kedro.utils.params import check_keys
+
+__all__ = ["BACKENDS", "PAIR_BACKEND", "SCORING", "ScoringOptions", "scoring_options"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("cosine", "cosine_crops", "fusion", "asnorm", "plda")
-PAIR_BACKEND = "pair"
-PAIRED_ARCHITECTURE = "ssl_paired"
-SCORING = "evaluation.scoring"
 COMPARISON_KEYS = ("main_backend",)
-
-
-@dataclass(frozen=True)
-class CosineOptions:
-    """``evaluation.scoring.cosine``: options of the ``cosine`` back-end only."""
-
-    mean_centre: bool = False
-    length_norm: bool = True
-
-
-@dataclass(frozen=True)
-class ScoringOptions:
-    """``evaluation.scoring``, checked: the fields are every key the nodes read, so a
-    misspelt key (``top_nn``) is refused instead of silently scoring with the default."""
-
-    backends: tuple[str, ...] = BACKENDS
-    main_backend: str = "fusion"
-    cosine: CosineOptions = field(default_factory=CosineOptions)
-    top_n: int = 300
-    cohort_utts_per_speaker: int = 20
-    cohort_shard_dir: str | None = None
-    lda_dim: int | None = None
-    pair_max_seconds: float = 20.0
-    pair_batch_size: int = 32
-
-
-def scoring_options(scoring: Mapping[str, Any] | None) -> ScoringOptions:
-    """``evaluation.scoring`` checked; a bad key or value raises naming its key path."""
-    values = dict(scoring or {})
-    check_keys(values, [f.name for f in fields(ScoringOptions)], SCORING)
-    values = coerce_scalars(ScoringOptions, values, SCORING)
-    backends = values.get("backends", BACKENDS)
-    # A bare string would be split into letters: refuse it rather than list 'c', 'o', ...
-    if isinstance(backends, str) or not isinstance(backends, (list, tuple)):
-        raise ValueError(f"{SCORING}.backends must be a list of back-ends, got {backends!r}")
-    unknown = sorted(set(backends) - set(BACKENDS))
-    if unknown:
-        raise ValueError(f"{SCORING}.backends: unknown {unknown}; choose from {BACKENDS}")
-    values["backends"] = tuple(backends)
-    main = values.get("main_backend", ScoringOptions.main_backend)
-    # pair is not offered: a paired checkpoint makes it the main back-end by itself, and
-    # for any other checkpoint there would be no such scores.
-    if main not in BACKENDS:
-        raise ValueError(f"{SCORING}.main_backend: unknown {main!r}; choose from {list(BACKENDS)}")
-    # The main back-end's scores feed the histogram, so it must be one that is computed.
-    if main not in backends:
-        raise ValueError(
-            f"{SCORING}.main_backend: {main!r} is not among the selected back-ends "
-            f"{list(backends)} ({SCORING}.backends)"
-        )
-    for key in ("top_n", "cohort_utts_per_speaker", "pair_batch_size"):
-        # coerce_scalars passes None through, but these have no "none" meaning.
-        count = as_int(values.get(key, getattr(ScoringOptions, key)), f"{SCORING}.{key}")
-        if count < 1:
-            raise ValueError(f"{SCORING}.{key} must be >= 1, got {count}")
-    lda_dim = values.get("lda_dim")
-    if lda_dim is not None and lda_dim < 1:
-        raise ValueError(f"{SCORING}.lda_dim must be >= 1 or null (no LDA), got {lda_dim}")
-    seconds = values.get("pair_max_seconds", ScoringOptions.pair_max_seconds)
-    if seconds is None or seconds <= 0:
-        raise ValueError(f"{SCORING}.pair_max_seconds must be > 0, got {seconds!r}")
-    cosine = values.get("cosine") or {}
-    if not isinstance(cosine, Mapping):
-        raise ValueError(f"{SCORING}.cosine must be a mapping, got {cosine!r}")
-    check_keys(cosine, [f.name for f in fields(CosineOptions)], f"{SCORING}.cosine")
-    values["cosine"] = CosineOptions(**coerce_scalars(CosineOptions, cosine, f"{SCORING}.cosine"))
-    return ScoringOptions(**values)
 
 
 def embed_test_utterances(
@@ -111,8 +51,7 @@ def embed_test_utterances(
     scoring key should stop the run before hours of extraction, not after them.
     """
     scoring_options(scoring)
-    if extraction.get("n_crops", 1) == 0:
-        raise ValueError("evaluation.extraction.n_crops must be >= 1 (crop and fused scores)")
+    check_test_extraction(extraction)
     result = extract_from_checkpoint(checkpoint, test_manifest, extraction, "evaluation.extraction")
     assert result.crops is not None
     return result.full, result.crops
@@ -133,6 +72,7 @@ def embed_cohort_utterances(
     """
     # Checked here, before the cohort's extraction, not after it in the scoring node.
     options = scoring_options(scoring)
+    check_test_extraction(extraction)
     per_speaker = options.cohort_utts_per_speaker
     subset = (
         train_manifest.sort_values("utt_id")
@@ -168,6 +108,7 @@ def _backend_scores(
     options: ScoringOptions,
 ) -> dict[str, np.ndarray]:
     wanted = list(options.backends)
+    _check_usable(trials, full, crops, cohort, options)
     plain = cosine_scores(full, trials)
     scores: dict[str, np.ndarray] = {
         "cosine": _cosine_backend(full, trials, cohort, options.cosine, plain)
@@ -193,6 +134,32 @@ def _backend_scores(
         lda, plda = lda_plda_pipeline_fit(np.asarray(cohort.vectors), labels, lda_dim)
         scores["plda"] = plda_scores(full, trials, lda, plda)
     return {name: scores[name] for name in wanted}
+
+
+def _check_usable(
+    trials: pd.DataFrame,
+    full: EmbeddingTable,
+    crops: EmbeddingTable,
+    cohort: EmbeddingTable,
+    options: ScoringOptions,
+) -> None:
+    """Raise naming the utterances whose embeddings hold NaN/inf or are all zeros.
+
+    A zero vector scores 0 against everything and a NaN one NaN; the first would reach
+    the metrics as a plausible score, the second as a NaN no one can trace to its
+    utterance. The cohort is checked when a back-end reads it.
+    """
+    named = sorted(set(trials["enrol"].astype(str)) | set(trials["test"].astype(str)))
+    tables = {"test (full-utterance)": (full, named), "test (crop)": (crops, named)}
+    if {"asnorm", "plda"} & set(options.backends) or options.cosine.mean_centre:
+        tables["cohort (training)"] = (cohort, cohort.keys_)
+    for what, (table, keys) in tables.items():
+        if (table.positions(keys) < 0).any():
+            continue  # trial_rows names the utterances that have no embedding
+        try:
+            table.subset(keys).check_usable()
+        except EmbeddingError as exc:
+            raise EmbeddingError(f"{what} embeddings: {exc}") from exc
 
 
 def _cosine_backend(
@@ -275,7 +242,7 @@ def score_trial_sets(
             )
         for backend, values in by_backend.items():
             frame[backend] = values
-            metrics.setdefault(set_name, {})[backend] = verification_metrics(values, labels)
+            metrics.setdefault(set_name, {})[backend] = _metrics(values, labels, frame, backend)
         rows.append(frame)
     scores = pd.concat(rows, ignore_index=True)
     main_backend = PAIR_BACKEND if pair_model is not None else options.main_backend
@@ -284,6 +251,21 @@ def score_trial_sets(
         main[main_backend].to_numpy(), main["label"].to_numpy(), title=f"{main_backend} scores"
     )
     return scores, metrics, figure
+
+
+def _metrics(
+    values: np.ndarray, labels: np.ndarray, frame: pd.DataFrame, backend: str
+) -> dict[str, float]:
+    """``verification_metrics``, its errors naming the trial set, back-end and trials."""
+    try:
+        return verification_metrics(values, labels)
+    except ValueError as exc:
+        bad = np.flatnonzero(~np.isfinite(values))[:3]
+        trials = [f"{frame['enrol'].iat[i]} {frame['test'].iat[i]}" for i in bad]
+        where = f", e.g. trials {trials}" if trials else ""
+        raise ValueError(
+            f"trial set {frame['trial_set'].iat[0]!r}, back-end {backend!r}: {exc}{where}"
+        ) from exc
 
 
 def compare_systems(
@@ -306,6 +288,7 @@ def compare_systems(
         )
     rows = []
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    skipped: list[str] = []
     systems = sorted({key.rsplit("__", 1)[0] for key in system_outputs})
     for system in systems:
         metrics = system_outputs[f"{system}__metrics"]
@@ -328,6 +311,16 @@ def compare_systems(
         backend = PAIR_BACKEND if PAIR_BACKEND in main else main_backend
         if backend in main:
             curves[system] = (main[backend].to_numpy(), main["label"].to_numpy())
+        else:
+            skipped.append(system)
+    if skipped:
+        # Said aloud: a system absent from the plot reads as one that was never run.
+        log.warning(
+            "evaluation.comparison: the DET plot (%s) leaves out %s, which did not score "
+            "with that back-end (evaluation.scoring.backends)",
+            main_backend,
+            skipped,
+        )
     table = pd.DataFrame(rows).sort_values(["trial_set", "backend", "eer_percent"])
     table = table.reset_index(drop=True)
     return table, _markdown(table), det_curve_figure(curves, title=f"DET ({main_backend})")

@@ -25,7 +25,7 @@ from sv_kedro.corpus.trials import (
 )
 from sv_kedro.corpus.validation import ValidationPolicy, validate_manifest
 from sv_kedro.scoring.cosine import cosine_scores, fuse_scores, paired_dot, trial_rows
-from sv_kedro.scoring.embedding_table import EmbeddingTable
+from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.scoring.metrics import verification_metrics
 from sv_kedro.scoring.trial_list import read_trial_list
@@ -195,7 +195,14 @@ def score_judged_trials(
     previous metrics in place; ``judged`` tells them apart from the ones asked for.
     """
     full, crops = embeddings
-    full.subset(sorted(trial_utterances(trials))).check_usable()
+    named = sorted(trial_utterances(trials))
+    full.subset(named).check_usable()
+    if crops is not None:
+        # A NaN crop vector would only surface as a NaN crop score, without its utterance.
+        try:
+            crops.subset(named).check_usable()
+        except EmbeddingError as exc:
+            raise EmbeddingError(f"crop embeddings: {exc}") from exc
     labels = trials["label"].to_numpy(dtype=int)
     scores = {"cosine": cosine_scores(full, trials)}
     if crops is not None:
