@@ -139,3 +139,24 @@ def test_apportion_is_proportional_and_bounded() -> None:
     assert shares[5] > shares[0] > shares[3]
     with pytest.raises(ClusteringInputError, match="cannot split"):
         apportion(3, sizes)
+
+
+def test_rows_too_large_or_small_for_float32_squares_are_normalised_not_zeroed() -> None:
+    from sv_kedro.clustering.kmeans import prepare_vectors
+
+    x, _ = gaussian_clusters(200, 16, 4, 0.1)
+    unit = prepare_vectors(x, spherical=True)
+    for scale in (1e30, 1e-30):  # squares overflow to inf / underflow to 0 in float32
+        scaled = (x.astype(np.float64) * scale).astype(np.float32)
+        np.testing.assert_allclose(prepare_vectors(scaled, spherical=True), unit, atol=1e-5)
+    with pytest.raises(ClusteringInputError, match=r"zero norm .* \[3\]"):
+        prepare_vectors(np.vstack([x[:3], np.zeros((1, 16), np.float32)]), spherical=True)
+
+
+def test_negative_seed_and_empty_training_sample_are_refused_by_name() -> None:
+    x, _ = gaussian_clusters(200, 8, 4, 0.1)
+    # faiss draws a random seed for a negative one: two runs would differ.
+    with pytest.raises(ClusteringInputError, match="seed must be >= 0, got -1"):
+        kmeans(x, 8, seed=-1)
+    with pytest.raises(ClusteringInputError, match="max_points_per_centroid must be >= 1"):
+        kmeans(x, 8, max_points_per_centroid=0)

@@ -153,3 +153,17 @@ def test_auto_k2_search_stays_within_k1_and_half_the_utterances() -> None:
         55,
         300,
     ]
+
+
+def test_k2_search_from_settings_names_bad_values() -> None:
+    assert ClusterCountSearch.from_settings({"min": "3", "max": None}) == ClusterCountSearch(
+        min_k2=3
+    )
+    for settings, message in [
+        ({"min": 10, "max": 5}, r"k2_search\.max=5 is below clustering\.k2_search\.min=10"),
+        ({"min": "abc"}, r"k2_search\.min must be an integer, got 'abc'"),
+        ({"sample": 0}, r"k2_search\.sample must be >= 1"),
+        ({"points": -2}, r"k2_search\.points must be >= 1"),
+    ]:
+        with pytest.raises(ClusteringInputError, match=message):
+            ClusterCountSearch.from_settings(settings)

@@ -56,3 +56,23 @@ def test_whitening_lets_speakers_win_over_a_dominant_nuisance_direction() -> Non
     plain_nmi = normalized_mutual_info_score(speaker, plain)
     white_nmi = normalized_mutual_info_score(speaker, white)
     assert white_nmi > 0.9 and white_nmi > plain_nmi + 0.1, (plain_nmi, white_nmi)
+
+
+def test_clustering_refuses_whitened_vectors_that_would_all_be_equally_far_apart() -> None:
+    # 24 vectors of 4 tight speakers in 64 dimensions: whitening keeps their 23 centred
+    # directions at unit variance, which puts every pair at the same distance.
+    rng = np.random.default_rng(0)
+    speaker = np.repeat(np.arange(4), 6)
+    vectors = (rng.normal(size=(4, 64))[speaker] + 0.05 * rng.normal(size=(24, 64))).astype(
+        np.float32
+    )
+    white = whiten_vectors(vectors)
+    distances = np.linalg.norm(white[:, None] - white[None], axis=2)[np.triu_indices(24, 1)]
+    assert np.ptp(distances) < 1e-3 * distances.mean()  # why clustering them is arbitrary
+    with pytest.raises(ClusteringInputError, match=r"24 whitened vectors that span 23 .*whiten"):
+        cluster_pseudo_labels(vectors, 24, 4, whiten=True, seed=0)
+    labels = cluster_pseudo_labels(vectors, 24, 4, whiten=False, seed=0).labels
+    assert normalized_mutual_info_score(speaker, labels) == pytest.approx(1.0)
+    # With more vectors than dimensions, whitening leaves distances that differ.
+    more = rng.normal(size=(120, 16)).astype(np.float32)
+    assert np.unique(cluster_pseudo_labels(more, 120, 4, whiten=True, seed=0).labels).size == 4

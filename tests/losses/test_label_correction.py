@@ -43,3 +43,13 @@ def test_bad_label_correction_inputs():
         correct_labels(torch.zeros(2, 3), torch.tensor([0, 1]), torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="shape"):
         correct_labels(torch.zeros(2, 3), torch.tensor([0]), torch.tensor([True, False]))
+
+
+def test_an_infinite_temperature_is_refused_not_a_silent_no_op() -> None:
+    # softmax(scores / inf) is uniform: LC would never correct anything, saying nothing.
+    logits = torch.tensor([[5.0, 0.0, 0.0]])
+    labels, gated_out = torch.tensor([1]), torch.tensor([True])
+    with pytest.raises(ValueError, match="temperature must be finite and > 0, got inf"):
+        correct_labels(logits, labels, gated_out, temperature=float("inf"))
+    new_labels, corrected = correct_labels(logits, labels, gated_out, temperature=1e6)
+    assert new_labels.tolist() == [1] and not corrected.any()

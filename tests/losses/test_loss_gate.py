@@ -25,7 +25,7 @@ def test_gated_mean_excludes_samples_above_the_threshold():
 
 
 def test_nothing_kept_gives_zero_not_nan_and_is_counted(caplog):
-    losses = torch.tensor([5.0, float("nan"), 7.0], requires_grad=True)
+    losses = torch.tensor([5.0, 6.0, 7.0], requires_grad=True)
     gate = LossGate(threshold=0.0)
     with caplog.at_level(logging.WARNING, logger="sv_kedro.losses.loss_gate"):
         mean, keep = gate(losses)
@@ -35,6 +35,28 @@ def test_nothing_kept_gives_zero_not_nan_and_is_counted(caplog):
     assert bool(torch.isfinite(losses.grad).all())
     assert gate.n_empty_batches == 1
     assert "no sample" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_inf_loss_is_refused_before_it_reaches_the_weights(bad: float) -> None:
+    # Gated out, a NaN loss used to vanish from the mean while its NaN gradient still
+    # reached the weights: every later loss was NaN, gated out, and the batch loss read 0.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    inputs = torch.randn(5, 4)
+    inputs[2, 1] = bad
+    losses = torch.nn.functional.cross_entropy(
+        layer(inputs), torch.tensor([0, 1, 2, 0, 1]), reduction="none"
+    )
+    before = layer.weight.detach().clone()
+    gate = LossGate(threshold=3.0)
+    with pytest.raises(ValueError, match=r"1 of 5 per-sample losses are NaN or inf .*\[2\]"):
+        gate(losses)
+    assert layer.weight.grad is None and torch.equal(layer.weight, before)
+    for enabled in (True, False):  # a disabled gate records log-losses all the same
+        with pytest.raises(ValueError, match="NaN or inf"):
+            LossGate(threshold=3.0, enabled=enabled).gate(torch.tensor([1.0, bad]))
+    assert LossGate(threshold=3.0).gate(torch.tensor([0.0, 1.0])).tolist() == [True, True]
 
 
 def test_disabled_gate_keeps_all_but_still_records_log_losses():

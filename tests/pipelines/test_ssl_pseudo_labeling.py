@@ -241,15 +241,48 @@ def test_unknown_clustering_key_is_named_before_clustering() -> None:
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['whitten'\]"):
         ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     del clustering["whitten"]
+    # Three whitened vectors would all be equally far apart: refused, so cluster them as given.
+    with pytest.raises(ValueError, match=r"3 whitened vectors .*clustering.whiten: false"):
+        ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
+    clustering["whiten"] = False
     table, _, _ = ssl_nodes.cluster_training_embeddings(embeddings, manifest, clustering)
     assert table["pseudo_label"].nunique() == 2
     for key, value, message in [
-        ("k2", "abc", r"clustering.k2 must be an integer, got 'abc'"),
+        ("k2", "abc", r"clustering.k2 must be an integer or 'auto', got 'abc'"),
         ("n_iter", "abc", r"clustering.n_iter must be an integer"),
         ("whiten", "nope", r"clustering.whiten must be true or false, got 'nope'"),
     ]:
         with pytest.raises(ValueError, match=message):
             ssl_nodes.cluster_training_embeddings(embeddings, manifest, {**clustering, key: value})
+
+
+def test_counts_the_utterances_cannot_hold_are_refused_not_clamped() -> None:
+    embeddings, manifest = _tight_speakers(4, 6, seed=0)
+    # Clamped, k2 = 100 made each of the 24 utterances its own pseudo-speaker.
+    with pytest.raises(ValueError, match=r"clustering\.k2=100 pseudo-speakers .* only 24"):
+        ssl_nodes.cluster_training_embeddings(embeddings, manifest, {"k1": None, "k2": 100})
+    with pytest.raises(ValueError, match=r"clustering\.k2=12 is more than .*clustering\.k1=8"):
+        ssl_nodes.cluster_training_embeddings(embeddings, manifest, {"k1": 8, "k2": 12})
+    auto = {"k1": None, "k2": "auto", "k2_search": {"min": 10, "max": 5}}
+    with pytest.raises(ValueError, match=r"k2_search\.max=5 is below"):
+        ssl_nodes.cluster_training_embeddings(embeddings, manifest, auto)
+    _, health, _ = ssl_nodes.cluster_training_embeddings(embeddings, manifest, {"k1": 500, "k2": 4})
+    assert health["k1"] == 24.0 and health["nmi"] == pytest.approx(1.0)
+
+
+def test_a_round_refuses_fewer_pseudo_speakers_than_a_batch_before_training(
+    tmp_path: Path,
+) -> None:
+    manifest = pd.DataFrame({"utt_id": list("abcd"), "speaker": ["s1"] * 4, "path": ["/x"] * 4})
+    labels = pd.DataFrame({"utt_id": list("abcd"), "speaker_index": [0, 0, 1, 2]})
+    finetune = {"model": {}, "loss": {}, "training": {}, "data": {"batch_size": "16"}}
+    with pytest.raises(
+        ValueError,
+        match=r"iter_1's pseudo-labels .*: 3 pseudo-speakers, fewer than "
+        r"ssl_pseudo_labeling\.finetune\.data\.batch_size=16",
+    ):
+        fine_tune_first_round_from_scratch(labels, manifest, finetune, {"work_dir": str(tmp_path)})
+    assert not any(tmp_path.iterdir())  # refused before a training folder was made
 
 
 def test_unknown_classifier_start_is_named_before_any_training(tmp_path: Path) -> None:
@@ -506,8 +539,11 @@ def test_dino_and_a_pseudo_label_round_train_from_shards_alone(
         )
         cohort_manifest = train.assign(speaker=pseudo["speaker_index"].map("pseudo{}".format))
         scoring = {"cohort_utts_per_speaker": 5, "cohort_shard_dir": index["out_dir"]}
+        # The node takes evaluation.extraction, whose test embeddings need crops (the
+        # cohort itself is embedded without them).
+        evaluation_extraction = {**extraction, "shard_dir": None, "n_crops": 1}
         cohort = evaluation_nodes.embed_cohort_utterances(
-            checkpoint, cohort_manifest, {**extraction, "shard_dir": None}, scoring
+            checkpoint, cohort_manifest, evaluation_extraction, scoring
         )
     finally:
         for path in moved:

@@ -105,6 +105,14 @@ def kmeans(
         raise ClusteringInputError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
     if n_iter < 1:
         raise ClusteringInputError(f"n_iter must be >= 1, got {n_iter}")
+    if seed < 0:
+        # faiss would draw a fresh random seed: the clustering would not repeat.
+        raise ClusteringInputError(f"seed must be >= 0, got {seed}")
+    if max_points_per_centroid < 1:
+        # faiss would stop with an assertion naming its C++ internals instead.
+        raise ClusteringInputError(
+            f"max_points_per_centroid must be >= 1, got {max_points_per_centroid}"
+        )
     x = prepare_vectors(vectors, spherical=spherical)
     n, d = x.shape
     check_cluster_count(k, n, "k")
@@ -171,6 +179,11 @@ def prepare_vectors(vectors: np.ndarray, spherical: bool) -> np.ndarray:
     x = np.ascontiguousarray(array, dtype=np.float32)  # no copy when already float32
     if spherical:
         norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        # Squares overflow float32 above ~1e19 and underflow below ~1e-23: such rows would
+        # come out as all zeros (then "every vector is the same") or be called zero vectors.
+        odd = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+        if odd.size:
+            norms[odd] = np.linalg.norm(x[odd].astype(np.float64), axis=1)
         zero = np.flatnonzero(norms == 0)
         if zero.size:
             raise ClusteringInputError(

@@ -61,15 +61,12 @@ class ClusterCountSearch:
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object] | None) -> ClusterCountSearch:
-        """From ``clustering.k2_search``: ``min``, ``max``, ``points``, ``sample``."""
-        names = {"min": "min_k2", "max": "max_k2", "points": "points", "sample": "sample"}
-        settings = dict(settings or {})
-        unknown = sorted(set(settings) - set(names))
-        if unknown:
-            raise ClusteringInputError(
-                f"clustering.k2_search: unknown key(s) {unknown}; allowed: {list(names)}"
-            )
-        return cls(**{names[key]: value for key, value in settings.items()})
+        """From ``clustering.k2_search``: ``min``, ``max``, ``points``, ``sample``; a bad
+        value raises ``ClusteringInputError`` naming ``clustering.k2_search.<key>``."""
+        # Imported here: the settings module builds on this one.
+        from sv_kedro.clustering.settings import checked_search
+
+        return checked_search(settings, "clustering.k2_search")
 
     def candidates(self, k1: int, n: int) -> list[int]:
         high = min(k1, max(n // 2, 2)) if self.max_k2 is None else min(self.max_k2, k1)
@@ -180,7 +177,18 @@ def clustering_vectors(vectors: np.ndarray, spherical: bool, whiten: bool) -> np
     """The ``[n, r]`` float32 vectors both clustering stages see: validated, L2-normalised
     when ``spherical``, and with ``whiten`` centred and PCA-whitened (then normalised again)."""
     x = prepare_vectors(vectors, spherical=spherical)
-    return prepare_vectors(whiten_vectors(x), spherical=spherical) if whiten else x
+    if not whiten:
+        return x
+    white = whiten_vectors(x)
+    if white.shape[1] >= x.shape[0] - 1:
+        # n centred vectors span at most n - 1 directions; with all of them at unit variance
+        # every pair is equally far apart (sqrt(2n)), so any clustering would be arbitrary.
+        raise ClusteringInputError(
+            f"cannot cluster {x.shape[0]} whitened vectors that span {white.shape[1]} "
+            "directions: whitening puts every pair equally far apart; cluster them unwhitened "
+            "(clustering.whiten: false) or give more vectors than embedding dimensions"
+        )
+    return prepare_vectors(white, spherical=spherical)
 
 
 def cluster_means(x: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -14,6 +14,8 @@ e between class probabilities). For a linear head pass its logits.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -32,7 +34,7 @@ def correct_labels(
         clean_logits: ``[batch, C]`` scores of the clean view (logits or cosines).
         labels: ``[batch]`` current (pseudo-)labels, integer.
         gated_out_mask: ``[batch]`` bool, true where the loss gate dropped the sample.
-        temperature: softmax temperature (> 0); lower is sharper.
+        temperature: softmax temperature (finite, > 0); lower is sharper.
         confidence: the sharpened max probability must exceed this for a correction.
 
     Returns:
@@ -55,8 +57,9 @@ def correct_labels(
         raise TypeError(f"correct_labels: gated_out_mask must be bool, got {gated_out_mask.dtype}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"correct_labels: labels must be integer class indices, got {labels.dtype}")
-    if not temperature > 0:
-        raise ValueError(f"correct_labels: temperature must be > 0, got {temperature}")
+    if not 0 < temperature < math.inf:
+        # An infinite temperature flattens every prediction: LC would silently never act.
+        raise ValueError(f"correct_labels: temperature must be finite and > 0, got {temperature}")
     if not 0.0 <= confidence < 1.0:
         raise ValueError(f"correct_labels: confidence must be in [0, 1), got {confidence}")
     probabilities = torch.softmax(clean_logits.float() / temperature, dim=1)

@@ -111,7 +111,10 @@ class LossGate:
     def gate(self, per_sample_loss: Tensor) -> Tensor:
         """Keep mask ``[batch]`` (bool) for the losses ``[batch]``; records epoch statistics.
 
-        ``log 0 = −inf`` is kept; a NaN loss is never kept.
+        ``log 0 = −inf`` is kept. A NaN or +inf loss raises ``ValueError`` naming its batch
+        positions: it comes from a broken input or a diverged model, not a noisy label, and
+        gating it out would hide it while its NaN gradient still reaches the weights (after
+        which every loss is NaN, every batch is gated out and the logged loss reads 0).
         """
         if per_sample_loss.dim() != 1:
             raise ValueError(
@@ -119,6 +122,15 @@ class LossGate:
                 f"{tuple(per_sample_loss.shape)}"
             )
         log_loss = torch.log(per_sample_loss.detach().float())
+        broken = torch.isnan(per_sample_loss.detach()) | torch.isposinf(per_sample_loss.detach())
+        if bool(broken.any()):
+            positions = torch.nonzero(broken).flatten().tolist()
+            raise ValueError(
+                f"LossGate.gate: {len(positions)} of {per_sample_loss.numel()} per-sample "
+                f"losses are NaN or inf (batch positions {positions[:10]}): a broken input or a "
+                "diverged model, which the gate must not hide; lower the LR, enable grad_clip "
+                "or check those utterances"
+            )
         self._epoch_log_losses.append(log_loss)
         if self.enabled:
             keep = log_loss <= self.threshold

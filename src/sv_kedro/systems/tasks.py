@@ -61,8 +61,10 @@ def _checked_gate(config: dict[str, Any]) -> dict[str, Any]:
         if not low <= checked[key] <= high:
             raise ValueError(f"gate.{key} must be within [{low:g}, {high:g}], got {checked[key]}")
     checked["lc_temperature"] = as_float(checked["lc_temperature"], "gate.lc_temperature")
-    if not checked["lc_temperature"] > 0:
-        raise ValueError(f"gate.lc_temperature must be > 0, got {checked['lc_temperature']}")
+    if not 0 < checked["lc_temperature"] < math.inf:  # inf would switch LC off silently
+        raise ValueError(
+            f"gate.lc_temperature must be a finite number > 0, got {checked['lc_temperature']}"
+        )
     return checked
 
 

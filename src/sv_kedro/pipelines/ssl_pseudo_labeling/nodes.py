@@ -23,10 +23,11 @@ from matplotlib.figure import Figure
 
 from sv_kedro.clustering.health import cluster_health, cluster_size_histogram_figure
 from sv_kedro.clustering.prototypes import restart_classifier
-from sv_kedro.clustering.pseudo_labels import (
-    ClusterCountSearch,
-    cluster_pseudo_labels,
-    pseudo_label_frame,
+from sv_kedro.clustering.pseudo_labels import cluster_pseudo_labels, pseudo_label_frame
+from sv_kedro.clustering.settings import (
+    check_speakers_fill_a_batch,
+    checked_clustering,
+    resolve_counts,
 )
 from sv_kedro.losses.gate_plot import gate_figure
 from sv_kedro.models.dino import encoder_checkpoint_payload
@@ -36,7 +37,7 @@ from sv_kedro.scoring.extraction_launch import extract_from_checkpoint
 from sv_kedro.systems.dino import train_dino
 from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.runner import train_speaker_system
-from sv_kedro.utils.params import as_int, coerce_scalars
+from sv_kedro.utils.params import as_int
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ log = logging.getLogger(__name__)
 AUDIO_COLUMNS = ("utt_id", "path", "duration", "num_frames", "sample_rate", "channels", "source")
 CLASSIFIER_STARTS = ("fresh", "prototypes")
 ROUND_STARTS = ("previous", "initial")
-CLUSTER_OPTIONS = (
-    "n_iter",
-    "seed",
-    "spherical",
-    "assignment",
-    "max_points_per_centroid",
-    "linkage",
-    "weight_by_size",
-    "knn",
-    "threads",
-    "whiten",
-)
 
 
 def _set_threads(run: Mapping[str, Any]) -> None:
@@ -199,22 +188,10 @@ def cluster_training_embeddings(
     The table (``utt_id, pseudo_label, kmeans_label, speaker_index``) follows the manifest's
     row order. The true ``speaker`` column is read here for the report only (NMI, purity).
     """
-    known = {"k1", "k2", "k2_search", *CLUSTER_OPTIONS}
-    unknown = sorted(set(clustering) - known)
-    if unknown:
-        raise ValueError(f"clustering: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    settings = checked_clustering(clustering)
     vectors = validate_embeddings(embeddings, train_manifest, "embeddings").vectors
-    options = {k: v for k, v in clustering.items() if k in CLUSTER_OPTIONS}
-    options = coerce_scalars(cluster_pseudo_labels, options, "clustering")
-    # k1: null clusters the utterances themselves (no k-means step; small sets only).
-    k1 = len(vectors)
-    if clustering["k1"] is not None:
-        k1 = min(as_int(clustering["k1"], "clustering.k1"), len(vectors))
-    k2 = (
-        "auto" if clustering["k2"] == "auto" else min(as_int(clustering["k2"], "clustering.k2"), k1)
-    )
-    search = ClusterCountSearch.from_settings(clustering.get("k2_search"))
-    result = cluster_pseudo_labels(vectors, k1, k2, k2_search=search, **options)
+    k1, k2 = resolve_counts(settings, len(vectors))
+    result = cluster_pseudo_labels(vectors, k1, k2, k2_search=settings.search, **settings.options)
     table = pseudo_label_frame(train_manifest["utt_id"].astype(str), result)
     truth = train_manifest["speaker"] if "speaker" in train_manifest else None
     report = cluster_health(table["pseudo_label"], truth)
@@ -271,6 +248,13 @@ def _fine_tune(
         )
     _set_threads(run)
     manifest = pseudo_labeled_manifest(train_manifest, pseudo_labels)
+    # k2: auto picks the count at run time: refuse one no batch can hold before training.
+    check_speakers_fill_a_batch(
+        int(manifest["speaker_index"].nunique()),
+        config.get("data") or {},
+        f"ssl_pseudo_labeling.{'lmft' if stage == 'lmft' else 'finetune'}.data.batch_size",
+        f"{stage}'s pseudo-labels (ssl_pseudo_labeling.clustering)",
+    )
     initial = previous if previous is not None and config.get("init_from_previous", True) else None
     if initial is not None:
         # The labels were just re-clustered: the previous classifier's rows name other
