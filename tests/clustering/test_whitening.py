@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
@@ -58,7 +60,9 @@ def test_whitening_lets_speakers_win_over_a_dominant_nuisance_direction() -> Non
     assert white_nmi > 0.9 and white_nmi > plain_nmi + 0.1, (plain_nmi, white_nmi)
 
 
-def test_clustering_refuses_whitened_vectors_that_would_all_be_equally_far_apart() -> None:
+def test_whitening_is_skipped_with_a_warning_where_it_would_put_all_vectors_equally_far_apart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # 24 vectors of 4 tight speakers in 64 dimensions: whitening keeps their 23 centred
     # directions at unit variance, which puts every pair at the same distance.
     rng = np.random.default_rng(0)
@@ -69,10 +73,12 @@ def test_clustering_refuses_whitened_vectors_that_would_all_be_equally_far_apart
     white = whiten_vectors(vectors)
     distances = np.linalg.norm(white[:, None] - white[None], axis=2)[np.triu_indices(24, 1)]
     assert np.ptp(distances) < 1e-3 * distances.mean()  # why clustering them is arbitrary
-    with pytest.raises(ClusteringInputError, match=r"24 whitened vectors that span 23 .*whiten"):
-        cluster_pseudo_labels(vectors, 24, 4, whiten=True, seed=0)
+    with caplog.at_level(logging.WARNING, logger="sv_kedro.clustering.pseudo_labels"):
+        skipped = cluster_pseudo_labels(vectors, 24, 4, whiten=True, seed=0).labels
+    assert "clustering 24 vectors without whitening: they span only 23 directions" in caplog.text
     labels = cluster_pseudo_labels(vectors, 24, 4, whiten=False, seed=0).labels
     assert normalized_mutual_info_score(speaker, labels) == pytest.approx(1.0)
+    np.testing.assert_array_equal(skipped, labels)
     # With more vectors than dimensions, whitening leaves distances that differ.
     more = rng.normal(size=(120, 16)).astype(np.float32)
     assert np.unique(cluster_pseudo_labels(more, 120, 4, whiten=True, seed=0).labels).size == 4

@@ -92,7 +92,8 @@ def test_dlg_gate_keys_reach_the_fit_and_unknown_ones_are_named() -> None:
         ({"lc_confidence": -1}, r"gate.lc_confidence must be within \[0, 1\], got -1"),
         ({"initial_threshold": "abc"}, r"gate.initial_threshold must be a number, got 'abc'"),
         ({"lc_start_epoch": "x"}, r"gate.lc_start_epoch must be an integer, got 'x'"),
-        ({"lc_temperature": 0}, r"gate.lc_temperature must be > 0"),
+        ({"lc_temperature": 0}, r"gate.lc_temperature must be a finite number > 0"),
+        ({"lc_temperature": float("inf")}, r"gate.lc_temperature must be a finite number > 0"),
     ],
 )
 def test_gate_values_are_checked_naming_the_key(gate, message) -> None:

@@ -8,6 +8,7 @@ then 7,500 on VoxCeleb2).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from sv_kedro.clustering.kmeans import (
 )
 from sv_kedro.clustering.whitening import whiten_vectors
 from sv_kedro.scoring.embedding_table import EmbeddingTable
+
+log = logging.getLogger(__name__)
 
 PSEUDO_LABEL_COLUMNS = ["utt_id", "pseudo_label", "kmeans_label", "speaker_index"]
 
@@ -182,12 +185,16 @@ def clustering_vectors(vectors: np.ndarray, spherical: bool, whiten: bool) -> np
     white = whiten_vectors(x)
     if white.shape[1] >= x.shape[0] - 1:
         # n centred vectors span at most n - 1 directions; with all of them at unit variance
-        # every pair is equally far apart (sqrt(2n)), so any clustering would be arbitrary.
-        raise ClusteringInputError(
-            f"cannot cluster {x.shape[0]} whitened vectors that span {white.shape[1]} "
-            "directions: whitening puts every pair equally far apart; cluster them unwhitened "
-            "(clustering.whiten: false) or give more vectors than embedding dimensions"
+        # every pair is equally far apart (sqrt(2n)), so any clustering of them would be
+        # arbitrary. Small sets (a smoke test, a tiny corpus) cluster unwhitened instead.
+        log.warning(
+            "clustering %d vectors without whitening: they span only %d directions, and "
+            "whitening all of them would put every pair equally far apart "
+            "(clustering.whiten needs more vectors than embedding dimensions)",
+            x.shape[0],
+            white.shape[1],
         )
+        return x
     return prepare_vectors(white, spherical=spherical)
 
 
