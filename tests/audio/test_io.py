@@ -117,11 +117,11 @@ def test_a_wav_cut_short_is_named_as_truncated(tmp_path):
         audio_info(cut)
 
 
-def test_a_streaming_writer_s_placeholder_size_is_not_judged(tmp_path):
-    placeholder = 0xFFFFFFFF
+def test_a_size_a_streaming_writer_never_filled_in_is_not_judged(tmp_path):
+    unset = 0xFFFFFFFF
     path = tmp_path / "streamed.wav"
     raw = bytearray(_wav_with_list_chunk(path))
     at = raw.index(b"data") + 4
-    raw[at : at + 4] = placeholder.to_bytes(4, "little")
+    raw[at : at + 4] = unset.to_bytes(4, "little")
     path.write_bytes(bytes(raw))
     assert audio_info(path).frames == 16000

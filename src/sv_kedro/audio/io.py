@@ -100,7 +100,7 @@ def _refuse_truncated_wav(path: str, info: AudioInfo) -> None:
 
     libsndfile clamps the frame count to what the file holds, so a WAV cut short by an
     interrupted copy or download would otherwise pass as a shorter recording. A header
-    whose data size is a placeholder (0 or 0xFFFFFFFF, as streaming writers leave it) or
+    whose data size was never filled in (0 or 0xFFFFFFFF, as streaming writers leave it) or
     whose data chunk is not in the first 4 KiB is not judged.
     """
     # One raw descriptor, no buffered file object: this runs for every WAV a scan lists.
