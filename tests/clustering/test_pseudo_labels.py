@@ -16,6 +16,7 @@ from sv_kedro.clustering.pseudo_labels import (
     cluster_pseudo_labels,
     pseudo_label_table,
 )
+from sv_kedro.clustering.settings import checked_search
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 
 
@@ -156,7 +157,7 @@ def test_auto_k2_search_stays_within_k1_and_half_the_utterances() -> None:
 
 
 def test_k2_search_from_settings_names_bad_values() -> None:
-    assert ClusterCountSearch.from_settings({"min": "3", "max": None}) == ClusterCountSearch(
+    assert checked_search({"min": "3", "max": None}, "clustering.k2_search") == ClusterCountSearch(
         min_k2=3
     )
     for settings, message in [
@@ -166,4 +167,4 @@ def test_k2_search_from_settings_names_bad_values() -> None:
         ({"points": -2}, r"k2_search\.points must be >= 1"),
     ]:
         with pytest.raises(ClusteringInputError, match=message):
-            ClusterCountSearch.from_settings(settings)
+            checked_search(settings, "clustering.k2_search")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from sv_kedro.clustering.kmeans import ClusteringInputError
 from sv_kedro.clustering.pseudo_labels import ClusterCountSearch
 from sv_kedro.clustering.settings import (
-    check_clustering_section,
     checked_clustering,
     resolve_counts,
 )
@@ -87,52 +84,3 @@ def test_auto_search_that_cannot_reach_its_minimum_is_refused() -> None:
     with pytest.raises(ClusteringInputError, match=r"k2_search\.min=100 is above .* 12 "):
         resolve_counts(settings, 24)
     assert resolve_counts(settings, 1000) == (1000, "auto")
-
-
-def _section(k2: object, finetune_batch: object, lmft_batch: object = None) -> dict[str, Any]:
-    section: dict[str, Any] = {
-        "clustering": {**BASE, "k2": k2},
-        "finetune": {"data": {"batch_size": finetune_batch, "crop_seconds": 2.0}},
-        "lmft": {"data": {"crop_seconds": 2.5}},
-    }
-    if lmft_batch is not None:
-        section["lmft"]["data"]["batch_size"] = lmft_batch
-    return section
-
-
-def test_section_check_refuses_fewer_pseudo_speakers_than_a_batch_holds() -> None:
-    with pytest.raises(
-        ClusteringInputError,
-        match=r"clustering\.k2=8: 8 pseudo-speakers, fewer than "
-        r"ssl_pseudo_labeling\.finetune\.data\.batch_size=16",
-    ):
-        check_clustering_section(_section(8, 16))
-    with pytest.raises(ClusteringInputError, match=r"lmft\.data\.batch_size=32"):
-        check_clustering_section(_section(20, 16, lmft_batch=32))
-    check_clustering_section(_section(16, 16))
-    check_clustering_section(_section("auto", 16))  # the round checks the chosen count
-    pairs = _section(8, 16)
-    pairs["finetune"]["data"]["pairs"] = True  # pair batches do not need distinct speakers
-    check_clustering_section(pairs)
-    with pytest.raises(ClusteringInputError, match=r"clustering\.linkage"):
-        check_clustering_section({"clustering": {**BASE, "linkage": "single"}})
-
-
-def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merged(merged[key], value) if both else value
-    return merged
-
-
-@pytest.mark.parametrize("env", [None, "voxceleb", "folder"])
-def test_shipped_parameters_pass(project_root: Path, env: str | None) -> None:
-    def read(folder: str) -> dict[str, Any]:
-        path = project_root / "conf" / folder / "parameters_ssl_pseudo_labeling.yml"
-        return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-
-    section = read("base")["ssl_pseudo_labeling"]
-    if env is not None:
-        section = _merged(section, read(env).get("ssl_pseudo_labeling") or {})
-    check_clustering_section(section)

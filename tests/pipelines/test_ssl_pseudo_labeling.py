@@ -170,6 +170,38 @@ def test_the_section_refuses_misspelt_keys_and_bad_values_when_the_session_start
             session.load_context()
 
 
+def _stage_section(k2: object, finetune_batch: int, lmft_batch: int | None = None) -> dict:
+    section: dict[str, Any] = {
+        "clustering": {"k1": None, "k2": k2},
+        "finetune": {"data": {"batch_size": finetune_batch, "crop_seconds": 2.0}},
+        "lmft": {"data": {"crop_seconds": 2.5}},
+    }
+    if lmft_batch is not None:
+        section["lmft"]["data"]["batch_size"] = lmft_batch
+    return section
+
+
+def test_a_fixed_k2_below_a_round_s_batch_size_is_refused_when_the_session_starts() -> None:
+    from sv_kedro.pipelines.ssl_pseudo_labeling.settings import check_stage_settings
+
+    with pytest.raises(
+        ValueError,
+        match=r"clustering\.k2=8: 8 pseudo-speakers, fewer than "
+        r"ssl_pseudo_labeling\.finetune\.data\.batch_size=16",
+    ):
+        check_stage_settings(_stage_section(8, 16))
+    # LMFT's batches come from finetune's data with lmft's overrides.
+    with pytest.raises(ValueError, match=r"ssl_pseudo_labeling\.lmft\.data\.batch_size=32"):
+        check_stage_settings(_stage_section(20, 16, lmft_batch=32))
+    check_stage_settings(_stage_section(16, 16))
+    check_stage_settings(_stage_section("auto", 16))  # the round checks the chosen count
+    pairs = _stage_section(8, 16)
+    pairs["finetune"]["data"]["pairs"] = True  # pair batches do not need distinct speakers
+    check_stage_settings(pairs)
+    with pytest.raises(ValueError, match=r"ssl_pseudo_labeling\.clustering\.linkage"):
+        check_stage_settings({"clustering": {"k1": None, "k2": 4, "linkage": "single"}})
+
+
 def test_shipped_environments_pass_the_section_check(kedro_project: Path) -> None:
     from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import check_section
 

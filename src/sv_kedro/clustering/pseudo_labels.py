@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,15 +60,6 @@ class ClusterCountSearch:
     max_k2: int | None = None
     points: int = 24
     sample: int | None = 20_000
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, object] | None) -> ClusterCountSearch:
-        """From ``clustering.k2_search``: ``min``, ``max``, ``points``, ``sample``; a bad
-        value raises ``ClusteringInputError`` naming ``clustering.k2_search.<key>``."""
-        # Imported here: the settings module builds on this one.
-        from sv_kedro.clustering.settings import checked_search
-
-        return checked_search(settings, "clustering.k2_search")
 
     def candidates(self, k1: int, n: int) -> list[int]:
         high = min(k1, max(n // 2, 2)) if self.max_k2 is None else min(self.max_k2, k1)

@@ -2,10 +2,9 @@
 
 The pipeline's clustering node runs after DINO has trained, so a value it would refuse
 (``k1=abc``, ``linkage: single``, ``k2_search.min`` above ``max``) should be refused when
-the session starts: :func:`check_clustering_section` checks what can be checked from the
-parameters alone, including that a fixed ``k2`` leaves enough pseudo-speakers for a batch of
-distinct ones. What depends on the number of utterances (``k2`` above it) is checked by
-:func:`resolve_counts` when the node runs.
+the session starts: :func:`checked_clustering` checks what the parameters alone decide
+(the pipeline calls it then). What depends on the number of utterances (``k2`` above it) is
+checked by :func:`resolve_counts` when the node runs.
 """
 
 from __future__ import annotations
@@ -128,34 +127,6 @@ def resolve_counts(
             "utterances to cluster: each would be its own pseudo-speaker"
         )
     return k1, k2
-
-
-def check_clustering_section(
-    section: Mapping[str, Any], namespace: str = "ssl_pseudo_labeling"
-) -> None:
-    """Refuse, when the session starts, clustering settings the clustering node would refuse,
-    and a fixed ``k2`` below a round's ``data.batch_size`` (the rounds' batches hold that many
-    distinct pseudo-speakers, so no batch could be filled)."""
-    clustering = section.get("clustering")
-    if clustering is None:
-        return  # absent: the section's key check names it
-    settings = checked_clustering(clustering, f"{namespace}.clustering")
-    if settings.k2 == "auto":
-        return  # the count is chosen at run time: the round checks it (check_speakers_fill_a_batch)
-    finetune = section.get("finetune")
-    if not isinstance(finetune, Mapping):
-        return
-    stages = {f"{namespace}.finetune.data": finetune.get("data") or {}}
-    lmft = section.get("lmft")
-    if isinstance(lmft, Mapping) and isinstance(lmft.get("data"), Mapping):
-        stages[f"{namespace}.lmft.data"] = {**stages[f"{namespace}.finetune.data"], **lmft["data"]}
-    for where, data in stages.items():
-        check_speakers_fill_a_batch(
-            int(settings.k2),
-            data,
-            f"{where}.batch_size",
-            f"{namespace}.clustering.k2={settings.k2}",
-        )
 
 
 def check_speakers_fill_a_batch(

@@ -28,7 +28,6 @@ from typing import Any
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from sv_kedro.clustering.settings import check_clustering_section
 from sv_kedro.pipelines import evaluation
 from sv_kedro.pipelines.ssl_pseudo_labeling import nodes
 from sv_kedro.pipelines.ssl_pseudo_labeling.settings import check_stage_settings
@@ -79,7 +78,6 @@ def check_section(section: Mapping[str, Any]) -> None:
     if export not in DINO_EXPORTS:
         raise ValueError(f"{NAMESPACE}.dino.export must be one of {DINO_EXPORTS}, got {export!r}")
     check_stage_settings(section)
-    check_clustering_section(section)
 
 
 def check_iterations(value: object) -> int:

@@ -1,10 +1,12 @@
-"""Up-front checks of the fine-tuning rounds' and LMFT's settings.
+"""Up-front checks of the clustering's, the fine-tuning rounds' and LMFT's settings.
 
-The rounds and LMFT read their ``model`` / ``loss`` / ``gate`` / ``training`` / ``data``
-parts only when their node runs, after DINO, extraction and clustering: a wrong value
-there (``lmft.training.lr=-1``) would fail tens of minutes into a run. ``check_stage_settings``
-builds each part's checked form (no weights, no data) when the session starts, through the
-same code the nodes use, and names the stage in the error.
+Clustering and the rounds read their settings only when their node runs, after DINO and
+extraction: a wrong value there (``lmft.training.lr=-1``, ``clustering.k1=abc``) would fail
+tens of minutes into a run. ``check_stage_settings`` builds each part's checked form (no
+weights, no data) when the session starts, through the same code the nodes use, and names
+the stage in the error. A fixed ``clustering.k2`` is also checked against each round's
+``data.batch_size`` (its batches hold that many distinct pseudo-speakers); with ``k2: auto``
+the round checks the count it gets.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sv_kedro.clustering.settings import check_speakers_fill_a_batch, checked_clustering
 from sv_kedro.models.factory import normalize_model_config
 from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
     CLASSIFIER_STARTS,
@@ -28,17 +31,29 @@ NAMESPACE = "ssl_pseudo_labeling"
 
 
 def check_stage_settings(section: Mapping[str, Any]) -> None:
-    """Refuse (``ValueError`` naming ``ssl_pseudo_labeling.<stage>``) a fine-tuning round's
-    or LMFT's settings that their node would refuse; LMFT is checked as it runs, i.e.
+    """Refuse (``ValueError`` naming ``ssl_pseudo_labeling.<part>``) clustering, round or
+    LMFT settings that their node would refuse; LMFT is checked as it runs, i.e.
     ``finetune`` with ``lmft``'s overrides."""
+    k2: int | str | None = None
+    if section.get("clustering") is not None:  # absent: the key check names it
+        k2 = checked_clustering(section["clustering"], f"{NAMESPACE}.clustering").k2
     finetune = section.get("finetune")
     if not isinstance(finetune, Mapping):
         return  # absent: the key check names it; nothing to build here
-    _check_stage(f"{NAMESPACE}.finetune", finetune)
+    stages = {f"{NAMESPACE}.finetune": (f"{NAMESPACE}.finetune", finetune)}
     lmft = section.get("lmft")
     if isinstance(lmft, Mapping):
         merged = deep_merge(finetune, lmft)
-        _check_stage(f"{NAMESPACE}.lmft (finetune with lmft's overrides)", merged)
+        stages[f"{NAMESPACE}.lmft"] = (f"{NAMESPACE}.lmft (finetune with lmft's overrides)", merged)
+    for key, (where, config) in stages.items():
+        _check_stage(where, config)
+        if isinstance(k2, int):
+            check_speakers_fill_a_batch(
+                k2,
+                config.get("data") or {},
+                f"{key}.data.batch_size",
+                f"{NAMESPACE}.clustering.k2={k2}",
+            )
 
 
 def _check_stage(where: str, config: Mapping[str, Any]) -> None:
