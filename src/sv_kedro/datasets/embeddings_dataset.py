@@ -48,7 +48,6 @@ from sv_kedro.datasets.previews import ImagePreview, TablePreview, embeddings_ta
 from sv_kedro.datasets.vector_mapping import table_from_vectors
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
 from sv_kedro.training.checkpoint import CheckpointError, torch_load_weights_only
-from sv_kedro.training.checkpoint_diagnosis import verify_zip_checksums
 from sv_kedro.utils.atomic import atomic_write_path
 
 VECTORS_FILE = "vectors.npy"
@@ -217,14 +216,12 @@ class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
         if not self._fs.exists(path):
             raise DatasetError(f"{path}: embeddings file not found")
         try:
-            # A damaged byte in a tensor would load as a wrong vector, not as NaN; a mapped
-            # read (a preview) checks the index only, as it reads only a few rows.
+            # The loader checks the zip's CRCs (a damaged byte would load as a wrong vector,
+            # not as NaN); a mapped read (a preview) checks the index only.
             if self._protocol == "file":
-                verify_zip_checksums(path, path, tensor_data=not mmap)
                 mapping = torch_load_weights_only(path, path, mmap=mmap)
             else:
                 with self._fs.open(path, "rb") as handle:
-                    verify_zip_checksums(handle, path)
                     mapping = torch_load_weights_only(handle, path)
         except CheckpointError as exc:
             raise DatasetError(str(exc)) from exc

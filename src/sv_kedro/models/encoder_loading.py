@@ -15,7 +15,6 @@ import inspect
 import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from transformers import (
     WavLMConfig,
     WavLMModel,
 )
+
+from sv_kedro.training.checkpoint_diagnosis import zip_member_damage
 
 ENCODER_KINDS: dict[str, tuple[type[PretrainedConfig], type[nn.Module]]] = {
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
@@ -316,14 +317,8 @@ def weights_file_damage(path: Path) -> str | None:
         return "the file is empty"
     if path.suffix == ".safetensors":
         return _safetensors_damage(path)
-    if not zipfile.is_zipfile(path):
-        return None  # a legacy (non-zip) torch file; its own load error stands
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as error:
-        return str(error)
-    return f"member {bad} fails its CRC check" if bad else None
+    # A legacy (non-zip) torch file is not judged: its own load error stands.
+    return zip_member_damage(path)
 
 
 def _safetensors_damage(path: Path) -> str | None:

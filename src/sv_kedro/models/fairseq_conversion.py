@@ -43,7 +43,12 @@ import torch
 from torch import Tensor, nn
 
 from sv_kedro.models.encoder_loading import ENCODER_KINDS, apply_settings, instantiate
-from sv_kedro.training.checkpoint_diagnosis import REFUSED_GLOBAL, refusal_detail, unreadable_reason
+from sv_kedro.training.checkpoint_diagnosis import (
+    REFUSED_GLOBAL,
+    refusal_detail,
+    unreadable_reason,
+    zip_member_damage,
+)
 
 SKIPPED_PREFIXES: tuple[str, ...] = (
     "label_embs_concat",
@@ -371,12 +376,9 @@ def checkpoint_file_damage(path: Path) -> str | None:
             "corrupt, truncated or not a torch file: neither a zip archive nor a pickle "
             f"stream (it starts with {head!r})"
         )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        return f"corrupt or truncated zip archive ({error})"
-    return f"corrupt: archive member {bad} fails its CRC check" if bad else None
+    if not zipfile.is_zipfile(path):
+        return "corrupt or truncated zip archive (its central directory cannot be read)"
+    return zip_member_damage(path)
 
 
 def _load_refused(path: Path, error: Exception, allow_pickle: bool, where: str) -> Any:

@@ -178,7 +178,6 @@ def load_checkpoint(
         name = str(getattr(source, "name", "<stream>"))
         if mmap:
             raise CheckpointError(f"{name}: mmap needs a file path, not a stream")
-    verify_zip_checksums(source, name, tensor_data=not mmap)
     payload = torch_load_weights_only(source, name, map_location=map_location, mmap=mmap)
     validate_checkpoint(payload, source=name)
     return payload
@@ -199,6 +198,8 @@ def torch_load_weights_only(
     """
     if mmap and isinstance(source, (str, os.PathLike)) and not zipfile.is_zipfile(source):
         mmap = False  # legacy (pre-1.6) files cannot be mapped; read them instead
+    # torch does not check the zip's CRCs; a mapped load reads (and checks) the index only.
+    verify_zip_checksums(source, name, tensor_data=not mmap)
     try:
         return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:

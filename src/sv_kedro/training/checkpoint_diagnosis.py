@@ -34,9 +34,20 @@ def verify_zip_checksums(
     source: str | os.PathLike[str] | BinaryIO, name: str, tensor_data: bool = True
 ) -> None:
     """Raise ``CheckpointError`` naming the first member of a torch zip whose bytes fail
-    their CRC-32 (all members, or with ``tensor_data=False`` all but ``<archive>/data/*``).
+    their CRC-32 (see :func:`zip_member_damage`)."""
+    damage = zip_member_damage(source, tensor_data)
+    if damage:
+        raise CheckpointError(f"{name}: {damage}")
 
-    torch.load does not check them, so a damaged tensor would load as wrong weights. A
+
+def zip_member_damage(
+    source: str | os.PathLike[str] | BinaryIO, tensor_data: bool = True
+) -> str | None:
+    """Why a torch zip is damaged (its first member whose bytes fail their CRC-32, or that
+    cannot be read), checking all members or, with ``tensor_data=False``, all but
+    ``<archive>/data/*``; ``None`` when the members read back intact.
+
+    torch.load does not check the CRCs, so a damaged tensor would load as wrong weights. A
     file that is not a zip (torch's legacy format, or no torch file at all) is left to
     torch's reader, as is a stream that cannot seek back to where it was.
     """
@@ -46,21 +57,22 @@ def verify_zip_checksums(
         except (AttributeError, OSError, ValueError):
             start = None
         if start is None:
-            return
+            return None
     try:
         archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         archive = None
     try:
-        if archive is not None:
-            with archive:
-                _check_members(archive, name, tensor_data)
+        if archive is None:
+            return None
+        with archive:
+            return _first_damaged_member(archive, tensor_data)
     finally:
         if not isinstance(source, (str, os.PathLike)):
             source.seek(start)
 
 
-def _check_members(archive: zipfile.ZipFile, name: str, tensor_data: bool) -> None:
+def _first_damaged_member(archive: zipfile.ZipFile, tensor_data: bool) -> str | None:
     members = [
         info
         for info in archive.infolist()
@@ -69,7 +81,7 @@ def _check_members(archive: zipfile.ZipFile, name: str, tensor_data: bool) -> No
     if not any(info.CRC for info in members if info.file_size):
         # torch.save under torch.utils.serialization.config.save.compute_crc32 = False
         # stores 0 for every CRC: there is nothing to verify, and no damage to report.
-        return
+        return None
     for info in members:
         try:
             with archive.open(info) as member:
@@ -77,11 +89,10 @@ def _check_members(archive: zipfile.ZipFile, name: str, tensor_data: bool) -> No
                     pass
         except zipfile.BadZipFile as exc:
             what = "fails its CRC check" if "CRC" in str(exc) else f"is damaged ({exc})"
-            raise CheckpointError(f"{name}: corrupt: {info.filename} {what}") from exc
+            return f"corrupt: {info.filename} {what}"
         except (OSError, EOFError, ValueError, zlib.error) as exc:
-            raise CheckpointError(
-                f"{name}: corrupt or truncated: {info.filename} cannot be read ({exc})"
-            ) from exc
+            return f"corrupt or truncated: {info.filename} cannot be read ({exc})"
+    return None
 
 
 def unreadable_reason(
