@@ -12,6 +12,7 @@ import torch
 from zip_damage import flip_member_bytes
 
 from sv_kedro.api import (
+    _as_waveform,
     embed_file,
     embed_waveform,
     load_speaker_model,
@@ -267,6 +268,9 @@ def test_integer_pcm_is_scaled_by_its_full_scale(saved_model, dtype, scale, offs
     pcm = np.clip(np.round(_tone(1.2, 16) * scale) + offset, limits.min, limits.max).astype(dtype)
     expected = ((pcm.astype(np.float64) - offset) / scale).astype(np.float32)
     assert np.abs(expected).max() < 1.0
+    # The samples the model is fed: the embeddings alone would not show the scale, as the
+    # features normalise the level away.
+    np.testing.assert_allclose(_as_waveform(pcm, "waveform"), expected, rtol=0, atol=1e-7)
     np.testing.assert_allclose(
         embed_waveform(model, pcm, n_crops=1, crop_seconds=1.0),
         embed_waveform(model, expected, n_crops=1, crop_seconds=1.0),

@@ -152,9 +152,7 @@ def embed_file(model: nn.Module, path: str | os.PathLike[str], **kwargs: Any) ->
 def score_files(
     model: nn.Module, path_a: str | os.PathLike[str], path_b: str | os.PathLike[str], **kwargs: Any
 ) -> float:
-    """Cosine similarity of two files' embeddings."""
-    _check_model(model)
-    _check_options(kwargs)
+    """Cosine similarity of two files' embeddings (``embed_file`` checks the arguments)."""
     a = embed_file(model, path_a, **kwargs)
     b = embed_file(model, path_b, **kwargs)
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
