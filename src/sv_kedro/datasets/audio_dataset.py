@@ -26,7 +26,7 @@ from sv_kedro.audio.io import (
     to_mono,
     write_audio,
 )
-from sv_kedro.datasets.file_dataset import VersionedFileDataset
+from sv_kedro.datasets.file_dataset import VersionedFileDataset, check_known_args
 from sv_kedro.datasets.previews import ImagePreview, waveform_png_preview
 
 AudioData = tuple[np.ndarray, int]
@@ -76,8 +76,8 @@ class AudioDataset(VersionedFileDataset[AudioData, AudioData]):
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        _check_known("load_args", load_args, self.DEFAULT_LOAD_ARGS, filepath)
-        _check_known("save_args", save_args, self.DEFAULT_SAVE_ARGS, filepath)
+        check_known_args("load_args", load_args, self.DEFAULT_LOAD_ARGS, filepath)
+        check_known_args("save_args", save_args, self.DEFAULT_SAVE_ARGS, filepath)
         super().__init__(
             filepath=filepath,
             version=version,
@@ -88,14 +88,8 @@ class AudioDataset(VersionedFileDataset[AudioData, AudioData]):
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         self._save_args = {**self.DEFAULT_SAVE_ARGS, **(save_args or {})}
 
-    def _describe(self) -> dict[str, Any]:
-        return {
-            "filepath": self._filepath,
-            "protocol": self._protocol,
-            "load_args": self._load_args,
-            "save_args": self._save_args,
-            "version": self._version,
-        }
+    def _describe_options(self) -> dict[str, Any]:
+        return {"load_args": self._load_args, "save_args": self._save_args}
 
     def load(self) -> AudioData:
         path = get_filepath_str(self._get_load_path(), self._protocol)
@@ -178,13 +172,3 @@ def _validate_audio_data(data: Any, path: str) -> tuple[np.ndarray, int]:
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise DatasetError(f"{path}: sample_rate must be a positive int, got {rate!r}")
     return wave, int(rate)
-
-
-def _check_known(
-    what: str, given: dict[str, Any] | None, allowed: dict[str, Any], filepath: object
-) -> None:
-    unknown = sorted(set(given or {}) - set(allowed))
-    if unknown:
-        raise DatasetError(
-            f"{filepath}: unknown {what} {unknown} for AudioDataset; allowed: {sorted(allowed)}"
-        )

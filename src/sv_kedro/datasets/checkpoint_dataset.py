@@ -12,7 +12,7 @@ from kedro.io.core import (
     get_filepath_str,
 )
 
-from sv_kedro.datasets.file_dataset import VersionedFileDataset
+from sv_kedro.datasets.file_dataset import VersionedFileDataset, check_known_args
 from sv_kedro.datasets.previews import JSONPreview, json_preview
 from sv_kedro.training.checkpoint import (
     CheckpointError,
@@ -54,12 +54,7 @@ class CheckpointDataset(VersionedFileDataset[Checkpoint, Checkpoint]):
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        unknown = sorted(set(load_args or {}) - set(self.DEFAULT_LOAD_ARGS))
-        if unknown:
-            raise DatasetError(
-                f"{filepath}: unknown load_args {unknown}; "
-                f"allowed: {sorted(self.DEFAULT_LOAD_ARGS)}"
-            )
+        check_known_args("load_args", load_args, self.DEFAULT_LOAD_ARGS, filepath)
         super().__init__(
             filepath=filepath,
             version=version,
@@ -69,13 +64,8 @@ class CheckpointDataset(VersionedFileDataset[Checkpoint, Checkpoint]):
         )
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
 
-    def _describe(self) -> dict[str, Any]:
-        return {
-            "filepath": self._filepath,
-            "protocol": self._protocol,
-            "load_args": self._load_args,
-            "version": self._version,
-        }
+    def _describe_options(self) -> dict[str, Any]:
+        return {"load_args": self._load_args}
 
     def load(self) -> Checkpoint:
         path = get_filepath_str(self._get_load_path(), self._protocol)

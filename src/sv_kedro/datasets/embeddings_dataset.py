@@ -43,7 +43,7 @@ from sv_kedro.datasets.embedding_projection import (
     projection_png_preview,
     sample_rows,
 )
-from sv_kedro.datasets.file_dataset import VersionedFileDataset
+from sv_kedro.datasets.file_dataset import VersionedFileDataset, check_known_args
 from sv_kedro.datasets.previews import ImagePreview, TablePreview, embeddings_table_preview
 from sv_kedro.datasets.vector_mapping import table_from_vectors
 from sv_kedro.scoring.embedding_table import EmbeddingError, EmbeddingTable
@@ -102,9 +102,7 @@ class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
             format = "pt" if is_file else "npy"
         if format not in FORMATS:
             raise DatasetError(f"{filepath}: unknown embeddings format {format!r}; use {FORMATS}")
-        unknown = sorted(set(load_args or {}) - set(self.DEFAULT_LOAD_ARGS))
-        if unknown:
-            raise DatasetError(f"{filepath}: unknown load_args {unknown}; allowed: ['mmap_mode']")
+        check_known_args("load_args", load_args, self.DEFAULT_LOAD_ARGS, filepath)
         self._format = format
         self._load_args = {**self.DEFAULT_LOAD_ARGS, **(load_args or {})}
         if self._load_args["mmap_mode"] not in (None, "r", "c"):
@@ -123,14 +121,8 @@ class EmbeddingsDataset(VersionedFileDataset[EmbeddingTable, Any]):
             # entry that asks for the projection must expose an image-annotated preview.
             self.preview = self._viz_projection_preview  # type: ignore[method-assign]
 
-    def _describe(self) -> dict[str, Any]:
-        return {
-            "filepath": self._filepath,
-            "protocol": self._protocol,
-            "format": self._format,
-            "load_args": self._load_args,
-            "version": self._version,
-        }
+    def _describe_options(self) -> dict[str, Any]:
+        return {"format": self._format, "load_args": self._load_args}
 
     def load(self) -> EmbeddingTable:
         path = get_filepath_str(self._get_load_path(), self._protocol)

@@ -1,10 +1,11 @@
 """``VersionedFileDataset``: the fsspec and versioning plumbing every file dataset shares.
 
 A subclass calls ``super().__init__(filepath=..., version=..., credentials=...,
-fs_args=..., metadata=...)`` and implements ``load``/``save``/``_describe``; it gets the
-filesystem (``self._fs``, ``self._protocol``), Kedro versioning, ``_exists`` (override
-``_exists_marker`` when a file other than the path marks a complete dataset) and cache
-invalidation.
+fs_args=..., metadata=...)`` and implements ``load``/``save``; it gets the filesystem
+(``self._fs``, ``self._protocol``), Kedro versioning, ``_describe`` (extend it with
+``_describe_options``), ``_exists`` (override ``_exists_marker`` when a file other than the
+path marks a complete dataset) and cache invalidation. :func:`check_known_args` refuses
+misspelt ``load_args`` / ``save_args`` keys, which would otherwise be ignored.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ class VersionedFileDataset(AbstractVersionedDataset[_DI, _DO]):
             glob_function=self._fs.glob,
         )
 
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": self._filepath,
+            "protocol": self._protocol,
+            **self._describe_options(),
+            "version": self._version,
+        }
+
+    def _describe_options(self) -> dict[str, Any]:
+        """The subclass's own settings for ``_describe`` (format, load/save args)."""
+        return {}
+
     def _exists_marker(self, path: str) -> str:
         """The file whose presence means the dataset at ``path`` exists (``path`` itself)."""
         return path
@@ -70,3 +83,12 @@ class VersionedFileDataset(AbstractVersionedDataset[_DI, _DO]):
 
     def _invalidate_cache(self) -> None:
         self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
+
+
+def check_known_args(
+    what: str, given: dict[str, Any] | None, allowed: dict[str, Any], filepath: object
+) -> None:
+    """Refuse keys of ``given`` (``load_args``/``save_args``) that ``allowed`` lacks."""
+    unknown = sorted(set(given or {}) - set(allowed))
+    if unknown:
+        raise DatasetError(f"{filepath}: unknown {what} {unknown}; allowed: {sorted(allowed)}")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from itertools import islice
-from typing import Any
 
 import pandas as pd
 from kedro.io.core import (
     DatasetError,
-    Version,
     get_filepath_str,
 )
 
@@ -35,26 +32,6 @@ class TrialsDataset(VersionedFileDataset[pd.DataFrame, pd.DataFrame]):
     Parse errors name the file and line (``veri_test2.txt:17: ...``). Unlabelled lists
     (``enrol test``) load with an all-NA ``label`` column and save without it.
     """
-
-    def __init__(
-        self,
-        *,
-        filepath: str | os.PathLike[str],
-        version: Version | None = None,
-        credentials: dict[str, Any] | None = None,
-        fs_args: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            filepath=filepath,
-            version=version,
-            credentials=credentials,
-            fs_args=fs_args,
-            metadata=metadata,
-        )
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}
 
     def load(self) -> pd.DataFrame:
         path = get_filepath_str(self._get_load_path(), self._protocol)
