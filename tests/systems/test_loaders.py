@@ -170,3 +170,36 @@ def test_shipped_data_sections_pass_the_key_check(kedro_project: Path):
         for data in sections:
             checked = checked_loader_config(data)
             assert isinstance(checked["batch_size"], int) and checked["crop_seconds"] > 0
+
+
+def test_a_dominant_speaker_left_out_of_batches_is_reported_once(tmp_path, caplog):
+    """Pseudo-labels with one large cluster: the epoch leaves most of it out; say so."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u, speaker in enumerate(["big"] * 12 + [f"spk{k}" for k in range(4) for _ in range(2)]):
+        path = tmp_path / f"utt{u:02d}.wav"
+        sf.write(path, 0.1 * rng.standard_normal(4000), RATE)
+        rows.append({"utt_id": path.name, "speaker": speaker, "path": str(path)})
+    manifest = pd.DataFrame(rows)
+    manifest["num_frames"], manifest["sample_rate"] = 4000, RATE
+    manifest["speaker_index"] = manifest["speaker"].astype("category").cat.codes
+    manifest.to_parquet(tmp_path / "train.parquet", index=False)
+    config = {"manifest_path": str(tmp_path / "train.parquet"), "batch_size": 2}
+    factory = build_loader({**config, "crop_seconds": 0.1})
+    used = []
+    with caplog.at_level("WARNING", logger="sv_kedro.systems.loaders"):
+        for epoch in range(2):
+            loader = factory(
+                LoaderRequest(epoch=epoch, start_batch=0, rank=0, world_size=1, seed=0)
+            )
+            used.append(sum(len(batch["utt_ids"]) for batch in loader))
+    warnings = [r.getMessage() for r in caplog.records if "leave out" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"leave out {20 - used[0]} of 20 utterances" in warnings[0]
+    assert "big (12)" in warnings[0] and "data.utts_per_speaker_cap" in warnings[0]
+
+    caplog.clear()
+    capped = build_loader({**config, "crop_seconds": 0.1, "utts_per_speaker_cap": 2})
+    with caplog.at_level("WARNING", logger="sv_kedro.systems.loaders"):
+        capped(LoaderRequest(epoch=0, start_batch=0, rank=0, world_size=1, seed=0))
+    assert not [r for r in caplog.records if "leave out" in r.getMessage()]

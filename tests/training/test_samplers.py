@@ -33,6 +33,26 @@ def test_no_duplicate_speakers_and_cap_respected():
     assert len(used) >= capped_total - 8 - 5
 
 
+def test_left_out_counts_the_utterances_no_batch_holds():
+    # One speaker with 60 of 100 utterances: at most one per batch of 4 distinct speakers.
+    speakers = ["big"] * 60 + [f"s{k}" for k in range(8) for _ in range(5)]
+    sampler = SpeakerBalancedBatchSampler(speakers, batch_size=4, seed=0, num_replicas=2)
+    batches = [b for rank in range(2) for b in _rank_plan(speakers, rank)]
+    used = sum(len(b) for b in batches)
+    assert sampler.left_out() == (100 - used, 100)
+    assert sampler.epoch_usage() == (len(batches), used)
+    assert sampler.left_out()[0] >= 60 - len(batches)  # "big" can fill one place per batch
+    assert sampler.largest_speakers(2) == [("big", 60), ("s0", 5)]
+    # The cap shrinks what is offered; then only the last partial batch is left out.
+    capped = SpeakerBalancedBatchSampler(speakers, batch_size=4, utts_per_speaker_cap=5)
+    assert capped.left_out() == (45 % 4, 45)
+
+
+def _rank_plan(speakers: list[str], rank: int) -> list[list[int]]:
+    sampler = SpeakerBalancedBatchSampler(speakers, batch_size=4, seed=0, num_replicas=2, rank=rank)
+    return list(sampler)
+
+
 def test_rank_shards_disjoint_and_equal_sized():
     speakers = _speakers()
     samplers = [

@@ -57,6 +57,10 @@ from sv_kedro.utils.params import as_float, as_int, check_keys
 
 logger = logging.getLogger(__name__)
 
+# The share of an epoch's utterances left out of speaker-balanced batches that is worth a
+# warning: a few stragglers at the end of the plan are normal.
+LEFT_OUT_WARNING = 0.05
+
 AUGMENTATION_SOURCES = (
     "noise_dirs",
     "music_dirs",
@@ -202,6 +206,7 @@ class SpeakerLoaderFactory:
             seed=seed,
         )
         self.pairs = bool(self.config.get("pairs", False))
+        self._usage_reported = False
 
     def _checked_shards(self, rate: int) -> dict[str, Any]:
         folder = self.config["shard_dir"]
@@ -268,6 +273,8 @@ class SpeakerLoaderFactory:
             dataset = self.dataset
             collate = collate_padded
         sampler.set_epoch(request.epoch)
+        if isinstance(sampler, SpeakerBalancedBatchSampler) and request.rank == 0:
+            self._report_left_out(sampler)
         dataset.set_epoch(request.epoch)
         workers = self.config.get("num_workers", 0)
         return DataLoader(
@@ -276,6 +283,33 @@ class SpeakerLoaderFactory:
             collate_fn=collate,
             num_workers=workers,
             persistent_workers=False,
+        )
+
+    def _report_left_out(self, sampler: SpeakerBalancedBatchSampler) -> None:
+        """Warn once when the distinct-speaker batches leave out much of an epoch's data
+        (pseudo-labels often put many utterances in a few large clusters)."""
+        if self._usage_reported:
+            return
+        self._usage_reported = True
+        left_out, offered = sampler.left_out()
+        if offered == 0 or left_out / offered <= LEFT_OUT_WARNING:
+            return
+        batches, _ = sampler.epoch_usage()
+        largest = ", ".join(f"{name} ({count})" for name, count in sampler.largest_speakers())
+        logger.warning(
+            "%s: speaker-balanced batches leave out %d of %d utterances (%.0f%%) per epoch: a "
+            "batch holds one utterance per speaker, so a speaker fills at most one place in "
+            "each of the epoch's %d batches; the largest speakers (utterances): %s. Set "
+            "data.utts_per_speaker_cap (e.g. %d) to sample them evenly, or lower "
+            "data.batch_size (%d).",
+            self.config["manifest_path"],
+            left_out,
+            offered,
+            100.0 * left_out / offered,
+            batches,
+            largest,
+            max(1, batches),
+            sampler.batch_size,
         )
 
     def _shard_loader(self, request: LoaderRequest) -> SizedLoader:

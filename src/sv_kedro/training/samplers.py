@@ -38,6 +38,7 @@ class _ResumableEpochSampler(Sampler[list]):
         self.epoch = 0
         self._position = 0
         self._plan_cache: tuple[int, list[list]] | None = None
+        self._plan_batches = self._plan_used = 0
 
     @abstractmethod
     def _global_batches(self, rng: np.random.Generator) -> list[list]:
@@ -49,7 +50,14 @@ class _ResumableEpochSampler(Sampler[list]):
             batches = self._global_batches(rng)
             usable = len(batches) - len(batches) % self.num_replicas
             self._plan_cache = (self.epoch, batches[self.rank : usable : self.num_replicas])
+            self._plan_batches = usable
+            self._plan_used = sum(len(batch) for batch in batches[:usable])
         return self._plan_cache[1]
+
+    def epoch_usage(self) -> tuple[int, int]:
+        """``(batches, items)`` of this epoch's plan over all ranks."""
+        self._rank_batches()
+        return self._plan_batches, self._plan_used
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's plan; a different epoch starts at position 0."""
@@ -125,7 +133,8 @@ class SpeakerBalancedBatchSampler(_ResumableEpochSampler):
             raise ValueError(
                 f"utts_per_speaker_cap must be >= 1 or None, got {utts_per_speaker_cap}"
             )
-        _, codes = np.unique(np.asarray([str(s) for s in speaker_ids]), return_inverse=True)
+        names, codes = np.unique(np.asarray([str(s) for s in speaker_ids]), return_inverse=True)
+        self.speaker_names: list[str] = names.tolist()
         self.speaker_codes = codes.astype(np.int64)
         self.num_speakers = int(codes.max()) + 1 if len(codes) else 0
         if self.num_speakers < batch_size and drop_last:
@@ -136,6 +145,7 @@ class SpeakerBalancedBatchSampler(_ResumableEpochSampler):
         self.batch_size = int(batch_size)
         self.cap = utts_per_speaker_cap
         self.drop_last = drop_last
+        self._plan_offered = 0
         order = np.argsort(self.speaker_codes, kind="stable")
         bounds = np.searchsorted(self.speaker_codes[order], np.arange(self.num_speakers + 1))
         self._by_speaker = [order[bounds[s] : bounds[s + 1]] for s in range(self.num_speakers)]
@@ -150,8 +160,22 @@ class SpeakerBalancedBatchSampler(_ResumableEpochSampler):
             chosen.append(picked)
             keys.append((np.arange(count) + rng.random(count)) / count)
         utterances = np.concatenate(chosen)
+        self._plan_offered = len(utterances)
         sequence = utterances[np.argsort(np.concatenate(keys), kind="stable")]
         return self._pack(sequence.tolist())
+
+    def left_out(self) -> tuple[int, int]:
+        """``(left_out, offered)``: utterances of this epoch (after the cap) that no batch
+        holds, over all ranks. A speaker fills at most one place in each batch, so one with
+        more utterances than the epoch has batches cannot place them all."""
+        _, used = self.epoch_usage()
+        return self._plan_offered - used, self._plan_offered
+
+    def largest_speakers(self, count: int = 3) -> list[tuple[str, int]]:
+        """``(speaker, utterances)`` of the ``count`` speakers with the most utterances."""
+        sizes = np.array([len(utterances) for utterances in self._by_speaker])
+        order = np.argsort(-sizes, kind="stable")[:count]
+        return [(self.speaker_names[code], int(sizes[code])) for code in order]
 
     def _pack(self, sequence: list[int]) -> list[list[int]]:
         speakers = self.speaker_codes
