@@ -396,6 +396,20 @@ def test_other_non_models_are_named(saved_model):
         model_from_checkpoint(str(checkpoint))
 
 
+def test_a_checkpoint_whose_architecture_disagrees_with_its_config_is_refused(tmp_path):
+    model = build_model(_XVECTOR)
+    payload = build_checkpoint("xvector", _XVECTOR, model.state_dict(), epoch=0, step=0)
+    payload["architecture"] = "ecapa_tdnn"  # a hand edit: the weights are still an x-vector's
+    path = tmp_path / "edited.pt"
+    torch.save(payload, path)
+    both = r"architecture 'ecapa_tdnn' disagrees with model_config\.architecture 'xvector'"
+    with pytest.raises(CheckpointError, match=rf"edited\.pt: {both}"):
+        load_speaker_model(path)
+    # A payload in memory has not been through load_checkpoint's validation.
+    with pytest.raises(CheckpointError, match=rf"^memory: {both}"):
+        model_from_checkpoint(payload, source="memory")
+
+
 def test_folders_and_bare_state_dicts_say_what_a_checkpoint_is(tmp_path, tiny_ecapa_config):
     folder = tmp_path / "wavlm-base-plus"
     folder.mkdir()

@@ -30,7 +30,11 @@ from sv_kedro.corpus.validation import ValidationPolicy
 from sv_kedro.models.factory import build_model
 from sv_kedro.scoring.embedding_table import EmbeddingError
 from sv_kedro.scoring.extraction import embed_crops
-from sv_kedro.training.checkpoint import CheckpointError, load_checkpoint
+from sv_kedro.training.checkpoint import (
+    CheckpointError,
+    check_architecture_agrees,
+    load_checkpoint,
+)
 from sv_kedro.training.distributed import resolve_device
 
 _SHOWN = 5  # examples of offending keys quoted in a message
@@ -56,6 +60,9 @@ def model_from_checkpoint(payload: Mapping[str, Any], source: str = "<checkpoint
     missing = [key for key in ("model_config", "model_state") if key not in payload]
     if missing:
         raise CheckpointError(f"{source}: checkpoint lacks key(s) {missing}")
+    # An in-memory payload need not have passed load_checkpoint's validation.
+    if payload.get("architecture") is not None and isinstance(payload["model_config"], Mapping):
+        check_architecture_agrees(payload["architecture"], payload["model_config"], source)
     try:
         model = build_model(payload["model_config"])
     except (ValueError, TypeError, KeyError) as exc:

@@ -202,11 +202,33 @@ def test_folder_without_config_names_the_key(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------------- 7. fairseq
-def _fairseq_checkpoint(encoder_config, path: pathlib.Path, **extra: object) -> SSLEncoder:
-    original = SSLEncoder(encoder_config("wav2vec2")).eval()
+def _fairseq_checkpoint(
+    encoder_config, path: pathlib.Path, kind: str = "wav2vec2", **extra: object
+) -> SSLEncoder:
+    original = SSLEncoder(encoder_config(kind)).eval()
     state = hf_to_fairseq_state_dict(original.model)
-    torch.save({"cfg": dict(TINY_FAIRSEQ_CFG), "model": state, **extra}, path)
+    cfg = dict(TINY_FAIRSEQ_CFG)
+    if kind == "wavlm":
+        cfg.update(num_buckets=32, max_distance=64, relative_position_embedding=True)
+    torch.save({"cfg": cfg, "model": state, **extra}, path)
     return original
+
+
+@pytest.mark.parametrize(("saved_kind", "kind"), [("wavlm", "wav2vec2"), ("wav2vec2", "wavlm")])
+def test_kind_must_match_the_fairseq_checkpoint(encoder_config, tmp_path, saved_kind, kind):
+    path = tmp_path / f"{saved_kind}.pt"
+    _fairseq_checkpoint(encoder_config, path, kind=saved_kind)
+    message = _error({"kind": kind, "pretrained": str(path)})
+    # Load-time errors name the encoder section as SSLEncoder sees it, like the folder one.
+    assert message.startswith(
+        f"encoder.kind is {kind} but {path} looks like a {saved_kind} checkpoint ("
+    )
+    assert message.endswith(f"; set encoder.kind: {saved_kind}")
+    if saved_kind == "wavlm":
+        assert re.search(r"WavLM's relative position weights \(encoder\.layers\.\d+\.", message)
+    assert "unconsumed" not in message and "missing" not in message
+    # The kind it names loads the file.
+    assert _build({"kind": saved_kind, "pretrained": str(path)}) is not None
 
 
 @pytest.mark.parametrize("content", [bytes(range(7, 250)) * 40, b""])

@@ -146,6 +146,29 @@ def test_value_weights_only_cannot_load_is_named(tmp_path):
         save_checkpoint(tmp_path / "x.pt", payload)
 
 
+def test_architecture_disagreeing_with_model_config_is_refused(tmp_path):
+    payload = _payload(model_config={"architecture": "xvector", "n_classes": 3})
+    payload["architecture"] = "ecapa_tdnn"
+    path = tmp_path / "mixed.pt"
+    torch.save(payload, path)  # bypasses validation, as a hand edit would
+    pattern = (
+        r"mixed\.pt: architecture 'ecapa_tdnn' disagrees with model_config\.architecture "
+        r"'xvector'.*Set both to"
+    )
+    with pytest.raises(CheckpointError, match=pattern):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"disagrees with model_config\.architecture"):
+        save_checkpoint(tmp_path / "again.pt", payload)
+    assert not (tmp_path / "again.pt").exists()
+    # Agreeing fields, and a generic model's config without the key, still load.
+    payload["architecture"] = "xvector"
+    torch.save(payload, path)
+    assert load_checkpoint(path)["architecture"] == "xvector"
+    generic = tmp_path / "generic.pt"
+    save_checkpoint(generic, _payload())
+    assert load_checkpoint(generic)["model_config"] == {"in_dim": 4, "out_dim": 3}
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"nope\.pt: checkpoint file not found"):
         load_checkpoint(tmp_path / "nope.pt")

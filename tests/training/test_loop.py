@@ -125,6 +125,26 @@ def test_mid_epoch_crash_resumes_exactly(tmp_path):
     assert resumed_task.threshold == straight_task.threshold
 
 
+def test_a_re_run_of_a_finished_training_says_so_instead_of_resumed(tmp_path, caplog):
+    factory = ShuffledLoaderFactory(make_dataset(), batch_size=8)
+    train(make_model(), GateTask(), factory, config(epochs=1), tmp_path / "run")
+    last = tmp_path / "run" / "last.pt"
+    # A real mid-run resume keeps its wording.
+    with caplog.at_level(logging.INFO, logger="sv_kedro.training.resume"):
+        train(make_model(), GateTask(), factory, config(), tmp_path / "run")
+    assert f"resumed from {last} at epoch 1, step 6, micro-batch 0" in caplog.text
+    caplog.clear()
+    task = GateTask()
+    with caplog.at_level(logging.INFO, logger="sv_kedro.training.resume"):
+        again = train(make_model(), task, factory, config(), tmp_path / "run")
+    assert "resumed from" not in caplog.text
+    assert f"training already finished at epoch 2, step 12 ({last}); nothing to resume" in (
+        caplog.text
+    )
+    assert task.seen_per_epoch == []  # nothing trained
+    assert load_checkpoint(again.last_checkpoint_path)["training_state"]["step"] == 12
+
+
 class InterruptedTask(GateTask):
     """Ctrl-C at a given step, as the user's KeyboardInterrupt reaches the loop."""
 

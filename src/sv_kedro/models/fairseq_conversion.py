@@ -25,7 +25,9 @@ Skipped knowingly (pre-training or fine-tuning heads, not part of the encoder):
 ``label_embs_concat``, ``final_proj``, ``quantizer``, ``project_q``, ``target_glu``,
 ``w2v_encoder.proj``. Every other key is either loaded or reported as unconsumed; any encoder
 weight left without a value is reported as missing and is an error (``masked_spec_embed``
-excepted: it only matters for SpecAugment and keeps its random init).
+excepted: it only matters for SpecAugment and keeps its random init). Before that, a
+checkpoint of the other kind (WavLM weights with ``kind: wav2vec2``, or the reverse) is
+refused naming the kind to set.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ _LAYER_RULES: tuple[tuple[str, str], ...] = (
     (r"fc2\.(weight|bias)", "feed_forward.output_dense.{1}"),
     (r"final_layer_norm\.(weight|bias)", "final_layer_norm.{1}"),
 )
+# Weights only WavLM's attention has (relative position bias, gated relative position);
+# wav2vec2 (and HuBERT) layers have none, and WavLMModel cannot be built without them.
+_WAVLM_WEIGHT = re.compile(
+    r"encoder\.layers\.\d+\.self_attn\.(relative_attention_bias|grep_linear|grep_a)\b.*"
+)
+_ATTENTION_WEIGHT = re.compile(r"encoder\.layers\.\d+\.self_attn\..+")
 _TOP_RULES: dict[str, str] = {
     "post_extract_proj.weight": "feature_projection.projection.weight",
     "post_extract_proj.bias": "feature_projection.projection.bias",
@@ -182,6 +190,35 @@ def convert_state_dict(
         raise ValueError("fairseq conversion failed: " + "; ".join(problems))
     model.load_state_dict(new_state, strict=False)
     return report
+
+
+def fairseq_checkpoint_kind(fairseq_state: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The encoder kind whose model ``fairseq_state`` fits, judged by its weight names, and
+    why; ``(None, "")`` when it has no transformer layers to judge by."""
+    names = [str(name).removeprefix(FINETUNED_PREFIX) for name in fairseq_state]
+    wavlm = next((name for name in names if _WAVLM_WEIGHT.fullmatch(name)), None)
+    if wavlm is not None:
+        return "wavlm", f"it has WavLM's relative position weights ({wavlm})"
+    if any(_ATTENTION_WEIGHT.fullmatch(name) for name in names):
+        return "wav2vec2", (
+            "its attention layers have none of WavLM's relative position weights "
+            "(self_attn.relative_attention_bias, self_attn.grep_linear, self_attn.grep_a)"
+        )
+    return None, ""
+
+
+def check_fairseq_kind(fairseq_state: Any, kind: str, source: str, where: str = "encoder") -> None:
+    """Refuse a checkpoint of the other kind, which would otherwise fail conversion with a
+    list of unconsumed or missing keys that does not say the cause."""
+    if not isinstance(fairseq_state, Mapping):
+        return  # conversion reports what is wrong with it
+    detected, evidence = fairseq_checkpoint_kind(fairseq_state)
+    if detected is None or detected == kind:
+        return
+    raise ValueError(
+        f"{where}.kind is {kind} but {source} looks like a {detected} checkpoint ({evidence}); "
+        f"set {where}.kind: {detected}"
+    )
 
 
 def hf_to_fairseq_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -418,6 +455,10 @@ def load_fairseq_model(
     ``where`` prefixes the setting names in errors.
     """
     checkpoint = read_fairseq_checkpoint(path, allow_pickle, where)
+    if load_weights:
+        # Random weights of either kind can take the checkpoint's sizes; only loading
+        # its weights needs the kind to match.
+        check_fairseq_kind(checkpoint["model"], kind, str(path), where)
     try:
         model_cfg, normalize = checkpoint_model_cfg(checkpoint, str(path))
         hf_config = hf_config_from_fairseq(kind, model_cfg)

@@ -126,6 +126,7 @@ def validate_checkpoint(payload: Any, source: str = "<checkpoint>") -> None:
     if not isinstance(payload["architecture"], str) or not payload["architecture"]:
         raise CheckpointError(f"{source}: architecture must be a non-empty string")
     _check_model_config(payload["model_config"], source)
+    check_architecture_agrees(payload["architecture"], payload["model_config"], source)
     _check_model_state(payload["model_state"], source)
     _check_training_state(payload["training_state"], source)
     _check_metrics(payload["metrics"], source)
@@ -286,6 +287,26 @@ def _check_model_config(config: Any, source: str) -> None:
         json.dumps(config, allow_nan=True)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: model_config is not JSON-serialisable ({exc})") from exc
+
+
+def check_architecture_agrees(
+    architecture: Any, model_config: Mapping[str, Any], source: str = "<checkpoint>"
+) -> None:
+    """Raise when ``model_config`` names an architecture other than ``architecture``.
+
+    ``model_config`` is what rebuilds the model, so a disagreement means the file was
+    hand-edited or put together from two models, and which one ``model_state`` belongs to
+    cannot be told. A config without the key (a generic model's constructor arguments)
+    leaves ``architecture`` a plain label and is accepted.
+    """
+    if "architecture" not in model_config or model_config["architecture"] == architecture:
+        return
+    raise CheckpointError(
+        f"{source}: architecture {architecture!r} disagrees with model_config.architecture "
+        f"{model_config['architecture']!r}; the checkpoint was hand-edited or mixed up from "
+        "two models. Set both to the architecture model_state was trained as, or re-export "
+        "the checkpoint"
+    )
 
 
 def _check_model_state(state: Any, source: str) -> None:

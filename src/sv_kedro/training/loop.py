@@ -184,7 +184,7 @@ class _Trainer:
         self.window = MetricWindow(self.ctx.device)
         self.window_first_step = self.position.step
         try:
-            while not self._finished():
+            while not self.finished():
                 self._run_epoch(bar)
         except KeyboardInterrupt:
             self._report_interruption()
@@ -218,7 +218,8 @@ class _Trainer:
             step,
         )
 
-    def _finished(self) -> bool:
+    def finished(self) -> bool:
+        """True once the configured epochs / max_steps are done or training stopped early."""
         pos, cfg = self.position, self.config
         return (
             pos.stopped_early

@@ -183,12 +183,24 @@ def resume_trainer(trainer: Any) -> None:
     best = trainer.checkpoint_dir / BEST_CHECKPOINT
     if best.is_file():
         trainer.best_path = best
+    position = trainer.position
+    # A re-run of a completed training loads last.pt only to hand back its model and
+    # metrics; "resumed" would suggest that more steps follow.
+    if trainer.finished():
+        logger.info(
+            "training already finished at epoch %d, step %d%s (%s); nothing to resume",
+            position.epoch,
+            position.step,
+            " (stopped early)" if position.stopped_early else "",
+            trainer.last_path,
+        )
+        return
     logger.info(
         "resumed from %s at epoch %d, step %d, micro-batch %d",
         trainer.last_path,
-        trainer.position.epoch,
-        trainer.position.step,
-        trainer.position.batch_in_epoch,
+        position.epoch,
+        position.step,
+        position.batch_in_epoch,
     )
 
 
