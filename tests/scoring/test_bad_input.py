@@ -163,10 +163,15 @@ def test_centring_mean_of_another_dimension_is_refused():
         cosine_scores(TABLE, TRIALS, mean=np.ones(1))
 
 
-def test_missing_utterances_are_named_as_plain_strings():
+def test_missing_utterances_are_named_as_plain_strings_with_the_near_miss():
     table = EmbeddingTable(["./u0", "u1", "u2", "u3"], TABLE.vectors)
-    with pytest.raises(EmbeddingError, match=r"e\.g\. \['u0'\]$"):
+    with pytest.raises(
+        EmbeddingError, match=r"e\.g\. \['u0'\]; the embeddings hold 'u0' as './u0'"
+    ):
         trial_rows(table, TRIALS)
+    unrelated = EmbeddingTable(["x0", "u1", "u2", "u3"], TABLE.vectors)
+    with pytest.raises(EmbeddingError, match=r"e\.g\. \['u0'\]$"):
+        trial_rows(unrelated, TRIALS)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,22 @@ def test_duplicate_keys_and_mismatched_shapes_are_refused_by_name():
         _table(["u1"]).rows(["ghost"])
 
 
+def test_keys_differing_by_extension_or_dot_slash_are_pointed_out():
+    table = _table(["id1/a/00001", "./id1/a/00002.wav", "id2/b.c/00003.flac", ".hidden"])
+    hint = table.near_misses(["id1/a/00001.wav", "id1/a/00002.m4a", "id2/b.c/00003", "nobody"])
+    assert hint == (
+        "; the embeddings hold 'id1/a/00001.wav' as 'id1/a/00001', 'id1/a/00002.m4a' as "
+        "'./id1/a/00002.wav', 'id2/b.c/00003' as 'id2/b.c/00003.flac': the keys differ by a "
+        "leading './' or a file extension, so write both with the same utterance ids"
+    )
+    assert table.near_misses(["id1/a", "b.c/00003", ".hidden.wav", "id2/b/00003"]) == (
+        "; the embeddings hold '.hidden.wav' as '.hidden': the keys differ by a leading './' "
+        "or a file extension, so write both with the same utterance ids"
+    )
+    with pytest.raises(EmbeddingError, match=r"\['id1/a/00001.wav'\]; the embeddings hold"):
+        table.rows(["id1/a/00001.wav"])
+
+
 def test_check_usable_names_all_zero_vectors_after_non_finite_ones():
     table = _table(["u1", "u2", "u3"])
     table.check_usable()

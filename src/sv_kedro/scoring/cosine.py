@@ -73,7 +73,7 @@ def trial_rows(table: EmbeddingTable, trials: pd.DataFrame) -> tuple[np.ndarray,
         )
         raise EmbeddingError(
             f"{len(missing)} utterance(s) in the trial list have no embedding, "
-            f"e.g. {[str(utt) for utt in missing[:5]]}"
+            f"e.g. {[str(utt) for utt in missing[:5]]}" + table.near_misses(missing[:100])
         )
     return enrol, test
 

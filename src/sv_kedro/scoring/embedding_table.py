@@ -92,8 +92,27 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
         if missing:
             raise EmbeddingError(
                 f"{len(missing)} utterance(s) have no embedding, e.g. {missing[:5]}"
+                + self.near_misses(missing)
             )
         return np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
+
+    def near_misses(self, missing: Sequence[str], shown: int = 3) -> str:
+        """A hint for keys absent from the table that differ from a table key only by a
+        leading ``./`` or a file extension (``id1/a/00001.wav`` against ``id1/a/00001``), the
+        usual way trial lists and embedding files disagree; ``""`` when there are none."""
+        loose: dict[str, str] = {}
+        for key in self.keys_:
+            loose.setdefault(_loose_key(key), key)
+        wanted = [str(key) for key in missing]
+        pairs = [(key, loose[_loose_key(key)]) for key in wanted if _loose_key(key) in loose]
+        pairs = pairs[:shown]
+        if not pairs:
+            return ""
+        listed = ", ".join(f"{wanted!r} as {held!r}" for wanted, held in pairs)
+        return (
+            f"; the embeddings hold {listed}: the keys differ by a leading './' or a file "
+            "extension, so write both with the same utterance ids"
+        )
 
     def check_usable(self) -> None:
         """Raise naming the utterances whose vectors hold NaN or inf, or are all zeros.
@@ -113,6 +132,15 @@ class EmbeddingTable(Mapping[str, np.ndarray]):
     def subset(self, keys: Sequence[str]) -> EmbeddingTable:
         """A new table holding ``keys`` in that order."""
         return EmbeddingTable(list(keys), np.asarray(self.vectors[self.rows(keys)]))
+
+
+def _loose_key(key: str) -> str:
+    """``key`` without a leading ``./`` and without its last component's extension."""
+    while key.startswith("./"):
+        key = key[2:]
+    folder, _, name = key.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{folder}/{stem}" if folder else stem
 
 
 def _to_numpy(value: object) -> np.ndarray:

@@ -179,6 +179,7 @@ def _check_covers_trials(table: EmbeddingTable, trials: pd.DataFrame, name: str)
             f"judge.embeddings {name!r}: {len(missing)} of the {len(named)} utterances the "
             f"trials name have no embedding, e.g. {missing[:3].tolist()}; the file's keys "
             f"look like {table.keys_[:3]} (keys must be utt_ids: paths below the audio root)"
+            + table.near_misses(missing[:100].tolist())
         )
 
 
