@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -26,6 +28,23 @@ def test_padded_batch_equals_one_by_one(kind, norm, encoder_config, padded_waves
             torch.testing.assert_close(
                 out.hidden_states[row, :n], alone.hidden_states[0], atol=1e-5, rtol=1e-4
             )
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "wavlm"])
+def test_an_unpadded_batch_runs_without_a_mask_to_the_same_frames(kind, encoder_config) -> None:
+    encoder = SSLEncoder(encoder_config(kind, output_hidden_states=True)).eval()
+    waves = torch.randn(2, 2400, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        out = encoder(waves, torch.tensor([2400, 2400]))
+        # WavLM's masked attention mixes a bool padding mask with a float bias, which torch
+        # deprecates; training crops have no padding and need no mask.
+        assert not [w for w in caught if "key_padding_mask" in str(w.message)]
+        hidden, mask = encoder.extract_features(waves)[:2]
+        masked = encoder.model.encoder(hidden.clone(), attention_mask=mask.bool())
+    assert mask.all()
+    torch.testing.assert_close(out.frames, masked.last_hidden_state, atol=1e-6, rtol=1e-5)
+    assert out.hidden_states.shape[-1] == encoder.num_layers + 1
 
 
 @pytest.mark.parametrize("kind", ["wav2vec2", "wavlm"])

@@ -333,10 +333,17 @@ class SSLEncoder(nn.Module):
             self.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         self._collector = {} if want_states else None
+        padded = not bool(mask.all())
         try:
-            # The encoder writes zeros into padded frames in place; give it its own tensor.
             with self._freeze_scope():
-                out = self.model.encoder(hidden.clone(), attention_mask=mask.bool())
+                if padded:
+                    # The encoder writes zeros into padded frames in place; give it its own
+                    # tensor.
+                    out = self.model.encoder(hidden.clone(), attention_mask=mask.bool())
+                else:
+                    # Without padding (training crops) no mask is the same computation, minus
+                    # the mask building and WavLM's deprecated mixed-mask attention path.
+                    out = self.model.encoder(hidden)
             collected = self._collector
         finally:
             self._collector = None
