@@ -123,7 +123,13 @@ class LossGate:
             )
         log_loss = torch.log(per_sample_loss.detach().float())
         broken = torch.isnan(per_sample_loss.detach()) | torch.isposinf(per_sample_loss.detach())
-        if bool(broken.any()):
+        if self.enabled:
+            keep = log_loss <= self.threshold
+        else:
+            keep = torch.ones_like(log_loss, dtype=torch.bool)
+        # One device-to-host copy per batch for both counts (each is a GPU sync).
+        kept, n_broken = torch.stack([keep.sum(), broken.sum()]).tolist()
+        if n_broken:
             positions = torch.nonzero(broken).flatten().tolist()
             raise ValueError(
                 f"LossGate.gate: {len(positions)} of {per_sample_loss.numel()} per-sample "
@@ -132,12 +138,8 @@ class LossGate:
                 "or check those utterances"
             )
         self._epoch_log_losses.append(log_loss)
-        if self.enabled:
-            keep = log_loss <= self.threshold
-        else:
-            keep = torch.ones_like(log_loss, dtype=torch.bool)
         self._epoch_seen += int(log_loss.numel())
-        self._epoch_kept += int(keep.sum())
+        self._epoch_kept += int(kept)
         return keep
 
     def gated_mean(self, per_sample_loss: Tensor, keep: Tensor) -> Tensor:
