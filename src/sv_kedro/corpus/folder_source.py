@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from sv_kedro.corpus.manifest import check_manifest, empty_manifest, scan_files
-from sv_kedro.corpus.walk import walk_files
+from sv_kedro.corpus.walk import walk_roots
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def scan_folder_roots(
     ``error`` (``""`` unless the header was unreadable). ``source`` is
     ``folder:<rootname>``. A missing root raises ``FileNotFoundError``, a root given twice
     or inside another ``ValueError``; files at the wrong depth or with whitespace in their
-    path below the root are skipped with a warning (see :func:`walk_files` for links).
+    path below the root are skipped with a warning (see :func:`walk_roots` for links).
     """
     if isinstance(roots, (str, os.PathLike)):
         roots = [roots]
@@ -117,9 +117,10 @@ def scan_folder_roots(
     _check_roots_apart(list(roots), root_paths)
 
     listings = []
-    for root in root_paths:
-        others = [other for other in root_paths if other != root]
-        utt_ids, speakers, sessions = _split_root(root, walk_files(root, suffixes, avoid=others))
+    # One walk of all roots, so that a recording hard-linked or symlinked into two of them
+    # is listed once, as within one root.
+    for root, relative in zip(root_paths, walk_roots(root_paths, suffixes), strict=True):
+        utt_ids, speakers, sessions = _split_root(root, relative)
         if not utt_ids:
             logger.warning("%s: no audio files with suffixes %s", root, list(suffixes))
         listings.append((root, utt_ids, speakers, sessions))
