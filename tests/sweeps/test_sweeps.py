@@ -392,3 +392,72 @@ def test_only_the_configured_folder_feeds_the_catalog_tables(
     assert report.sweep_dir == kedro_project / "data/09_other/loss_seeds"
     assert "0.07" in (report.sweep_dir / "results.csv").read_text()
     assert catalogued.read_text() == home_table
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["mlflow.db", "mlruns/1/abc/artifacts/plots/det.png", "logs/info.log", "data/09_slurm/1.out"],
+)
+def test_outputs_anywhere_in_a_run_folder_are_work_of_its_settings(
+    tmp_path: Path, kedro_runs: list[str], output: str
+):
+    # A run writes where its configuration says: MLflow's database and artifacts beside
+    # its conf (its working directory), logs, Slurm output. Before, only data/ outside
+    # the shared layers counted, and a re-run with other settings appended to them.
+    project = fake_project(tmp_path)
+    old, new = faked_spec(tmp_path), faked_spec(tmp_path, params={"training.max_steps": 6})
+    run_dir = prepare_run_dir(project, tmp_path / "sweeps" / "pooling", old, old.runs()[0])
+    (run_dir / output).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / output).write_bytes(b"tracked")
+    with pytest.raises(SweepSettingsError, match=r"1 of 4 run folder\(s\).*training.max_steps"):
+        run_sweep(new, project)
+    assert kedro_runs == []
+
+
+def test_notes_and_prepared_files_are_no_work(tmp_path: Path, kedro_runs: list[str]):
+    project = fake_project(tmp_path)
+    (project / "data" / "01_raw").mkdir()
+    old, new = faked_spec(tmp_path), faked_spec(tmp_path, params={"training.max_steps": 6})
+    run_dir = prepare_run_dir(project, tmp_path / "sweeps" / "pooling", old, old.runs()[0])
+    for name in ("failure.json", "log.txt", "result.json.corrupt", "log.txt.other-settings-2"):
+        (run_dir / name).write_text("{}")
+    (project / "data" / "01_raw").rmdir()  # a shared layer link left dangling
+    _, outcomes = run_sweep(new, project)
+    assert [o.status for o in outcomes] == ["done"] * 4
+
+
+def test_a_failure_of_other_settings_is_not_reported_for_these(
+    tmp_path: Path, kedro_runs: list[str], caplog: pytest.LogCaptureFixture
+):
+    project = fake_project(tmp_path)
+    old, new = faked_spec(tmp_path), faked_spec(tmp_path, params={"training.max_steps": 6})
+    sweep_dir = tmp_path / "sweeps" / "pooling"
+    runs = old.runs()
+    failure = {"error": "ValueError: boom", "traceback": "Traceback ...: boom"}
+    for run in runs[1:]:
+        failed = prepare_run_dir(project, sweep_dir, old, run)
+        (failed / "failure.json").write_text(json.dumps(failure))
+        (failed / "log.txt").write_text("boom\n")
+    # Prepared again with the same settings (a retry): its failure is still its own.
+    same = prepare_run_dir(project, sweep_dir, old, runs[1])
+    assert read_json(same / "failure.json") == failure
+    assert collect_runs(old, sweep_dir)["status"].tolist() == ["pending", *["failed"] * 3]
+    # --max-runs 1 with other settings: runs[1:] are neither prepared nor run.
+    _, outcomes = run_sweep(new, project, max_runs=1)
+    assert [o.status for o in outcomes] == ["done"]
+    table = collect_runs(new, sweep_dir)
+    # Before, runs[1:] were reported failed, with the error of the other settings.
+    assert table["status"].tolist() == ["done", "pending", "pending", "pending"]
+    assert table["error"].isna().all()
+    # An interrupted sweep prepared runs[2] for the new settings but never ran it: its old
+    # notes go aside, kept whole.
+    with caplog.at_level(logging.INFO, logger=run_folder.__name__):
+        interrupted = prepare_run_dir(project, sweep_dir, new, new.runs()[2])
+    assert not (interrupted / "failure.json").exists()
+    assert read_json(interrupted / "failure.json.other-settings") == failure
+    assert (interrupted / "log.txt.other-settings").read_text() == "boom\n"
+    assert "training.max_steps was 5 and is now 6" in caplog.text
+    assert collect_runs(new, sweep_dir)["status"].tolist()[2] == "pending"
+    _, outcomes = run_sweep(new, project)
+    assert [o.status for o in outcomes] == ["skipped", "done", "done", "done"]
+    assert collect_runs(new, sweep_dir)["status"].tolist() == ["done"] * 4

@@ -40,6 +40,7 @@ from sv_kedro.sweeps.run_folder import (
     metrics_file,
     read_json,
     select_metric,
+    set_aside_other_attempts,
     write_json,
 )
 from sv_kedro.sweeps.spec import SweepRun, SweepSpec
@@ -69,7 +70,8 @@ def _link(target: Path, link: Path) -> None:
 
 
 def prepare_run_dir(project: Path, sweep_dir: Path, spec: SweepSpec, run: SweepRun) -> Path:
-    """Create (or refresh) the run's project folder and its ``run.json``."""
+    """Create (or refresh) the run's project folder and its ``run.json`` (the notes of an
+    attempt with other settings are moved aside: see ``run_folder``)."""
     project = project.resolve()
     run_dir = sweep_dir / "runs" / run.run_id
     (run_dir / "data").mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ def prepare_run_dir(project: Path, sweep_dir: Path, spec: SweepSpec, run: SweepR
     for layer in SHARED_LAYERS:
         if (project / "data" / layer).exists():
             _link(project / "data" / layer, run_dir / "data" / layer)
+    set_aside_other_attempts(run_dir, spec, run)
     write_json(
         run_dir / RUN_FILE,
         {

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sv_kedro.sweeps.run_folder import FAILURE_FILE, RESULT_FILE, read_json
+from sv_kedro.sweeps.run_folder import FAILURE_FILE, RESULT_FILE, read_json, recorded_difference
 from sv_kedro.sweeps.spec import SweepSpec
 from sv_kedro.utils.atomic import atomic_write_path
 
@@ -16,7 +16,12 @@ METRICS = ("eer", "min_dcf_0.01", "min_dcf_0.05")
 
 
 def collect_runs(spec: SweepSpec, sweep_dir: Path) -> pd.DataFrame:
-    """One row per run of ``spec``: status (done / failed / pending), metrics, error."""
+    """One row per run of ``spec``: status (done / failed / pending), metrics, error.
+
+    A failure of a folder whose run.json records other settings than ``spec``'s (not
+    prepared again since, e.g. beyond ``--max-runs``) is of those settings: the run is
+    pending with these.
+    """
     rows: list[dict[str, Any]] = []
     for run in spec.runs():
         run_dir = sweep_dir / "runs" / run.run_id
@@ -28,7 +33,7 @@ def collect_runs(spec: SweepSpec, sweep_dir: Path) -> pd.DataFrame:
         row: dict[str, Any] = {"point": run.point, "seed": run.seed, "run_id": run.run_id}
         if result is not None:
             row.update(status="done", **{m: result[m] for m in METRICS}, wall_s=result["wall_s"])
-        elif failure is not None:
+        elif failure is not None and not recorded_difference(run_dir, spec, run):
             row.update(status="failed", error=failure["error"], wall_s=failure.get("wall_s"))
         else:
             row.update(status="pending")

@@ -9,15 +9,23 @@
 
 A re-run with other settings (pipeline, system, env or any override) than a run folder's
 ``run.json`` records is refused when that folder holds a result or outputs (a checkpoint
-the training would resume from): skipping it would report the old result as the new
+the training would resume from, MLflow's tracking, logs: anything but the files above and
+what preparing the folder puts there): skipping it would report the old result as the new
 settings', and redoing it would overwrite that result. A change of ``metric`` alone is no
 reason to re-run: the value is selected again from the run's ``metrics.json``.
+
+``failure.json`` and ``log.txt`` are of the attempt with the settings ``run.json`` records.
+A folder prepared with other settings moves them aside to ``<name>.other-settings`` (kept
+for a look), and the results table counts no failure of a folder whose ``run.json``
+records other settings than the sweep's (one not prepared again, beyond ``--max-runs``):
+that failure says nothing of these settings.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -116,16 +124,46 @@ def _difference(recorded: dict[str, Any], spec: SweepSpec, run: SweepRun) -> str
     return ""
 
 
+def recorded_difference(run_dir: Path, spec: SweepSpec, run: SweepRun) -> str | None:
+    """How the settings ``run_dir``'s run.json records differ from ``run``'s (see
+    :func:`_difference`): ``""`` when they do not, ``None`` when run.json is missing or
+    unreadable."""
+    try:
+        recorded = read_json(run_dir / RUN_FILE)
+    except ValueError:
+        return None
+    return None if recorded is None else _difference(recorded, spec, run)
+
+
+# Top-level files of a run folder that are no work of the run: what preparing it puts
+# there and the sweep's notes on an attempt (also when moved aside: ``<name>.<why>``).
+_NOT_WORK = (RUN_FILE, "pyproject.toml", "conf", FAILURE_FILE, LOG_FILE)
+_ASIDE = (f"{RESULT_FILE}.corrupt", f"{FAILURE_FILE}.other-settings", f"{LOG_FILE}.other-settings")
+
+
 def _holds_work(run_dir: Path) -> bool:
-    """A result, or anything the run wrote under its own data layers (a checkpoint there is
-    what a re-run resumes the training from)."""
-    if (run_dir / RESULT_FILE).exists():
-        return True
-    data = run_dir / "data"
-    if not data.is_dir():
-        return False
-    outputs = [child for child in data.iterdir() if child.name not in SHARED_LAYERS]
-    return any(child.is_file() or any(p.is_file() for p in child.rglob("*")) for child in outputs)
+    """Whether the run wrote anything into its folder: a result, or any file but
+    :data:`_NOT_WORK` and the links preparing it makes (conf, the shared input layers).
+
+    What a run writes is whatever its configuration says, so everything else counts: a
+    checkpoint under ``data/`` (what a re-run resumes the training from), MLflow's
+    ``mlflow.db`` and ``mlruns/`` (relative to the run folder, its working directory),
+    Kedro's ``logs/``, Slurm's output under ``data/09_slurm``. Stops at the first file.
+    """
+    prepared_links = {run_dir / "conf", *(run_dir / "data" / layer for layer in SHARED_LAYERS)}
+    # os.walk does not follow folder links: those a run made count, as links.
+    for folder, subfolders, files in os.walk(run_dir):
+        here = Path(folder)
+        for name in files:  # files, links to files, and broken links
+            if here == run_dir and (name in _NOT_WORK or name.startswith(_ASIDE)):
+                continue
+            if here / name in prepared_links:  # a shared layer whose target is gone
+                continue
+            return True
+        for name in subfolders:
+            if (here / name).is_symlink() and here / name not in prepared_links:
+                return True
+    return False
 
 
 def check_recorded_settings(spec: SweepSpec, sweep_dir: Path) -> None:
@@ -160,14 +198,37 @@ def check_recorded_settings(spec: SweepSpec, sweep_dir: Path) -> None:
         )
 
 
-def _move_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.corrupt`` (``.corrupt-2``... when taken): kept for a look,
+def _move_aside(path: Path, why: str = "corrupt") -> Path:
+    """Rename ``path`` to ``<name>.<why>`` (``.<why>-2``... when taken): kept for a look,
     out of the way of the re-run."""
-    aside, number = path.with_name(f"{path.name}.corrupt"), 2
+    aside, number = path.with_name(f"{path.name}.{why}"), 2
     while aside.exists():
-        aside, number = path.with_name(f"{path.name}.corrupt-{number}"), number + 1
+        aside, number = path.with_name(f"{path.name}.{why}-{number}"), number + 1
     path.rename(aside)
     return aside
+
+
+def set_aside_other_attempts(run_dir: Path, spec: SweepSpec, run: SweepRun) -> None:
+    """Before ``run_dir`` is prepared for ``run``: move failure.json and log.txt aside to
+    ``<name>.other-settings`` unless run.json confirms they are of ``run``'s settings.
+
+    Otherwise the new run.json would claim an old attempt's failure for these settings,
+    and the results table would report it for a run not done yet with them (one beyond
+    ``--max-runs``, an interrupted sweep). An attempt's notes of the same settings stay.
+    """
+    notes = [run_dir / name for name in (FAILURE_FILE, LOG_FILE) if (run_dir / name).exists()]
+    if not notes:
+        return
+    difference = recorded_difference(run_dir, spec, run)
+    if difference == "":
+        return
+    asides = [_move_aside(note, "other-settings") for note in notes]
+    log.info(
+        "sweep run %s: prepared for other settings (%s); the last attempt's notes moved to %s",
+        run_dir.name,
+        difference or f"{RUN_FILE} missing or unreadable",
+        ", ".join(aside.name for aside in asides),
+    )
 
 
 def is_finished(run_dir: Path, metric: dict[str, str]) -> bool:
