@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import tarfile
+import time
 
 import numpy as np
 import pandas as pd
@@ -131,3 +133,28 @@ def test_locations_are_kept_beside_the_shards_and_rescanned_when_stale(corpus, s
     write_webdataset_shards(corpus, shards, utterances_per_shard=12, seed=2)
     assert sorted(path.name for path in shards.iterdir()) == ["index.json", "shard-000000.tar"]
     assert ShardAudioReader(shards).scanned == 1
+
+
+def test_kept_locations_of_a_shard_rewritten_with_its_times_set_back_are_not_used(corpus, shards):
+    first = ShardAudioReader(shards)
+    assert first.scanned == 3
+    first.close()
+    # The same samples in another order: the same size, every sample elsewhere. A copy
+    # tool that keeps times (cp -p, rsync -t) sets the modification time back.
+    shard = shards / "shard-000002.tar"
+    before = shard.stat()
+    with tarfile.open(shard) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    pairs = [members[i : i + 2] for i in range(0, len(members), 2)][::-1]
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as archive:
+        for member, data in (item for pair in pairs for item in pair):
+            archive.addfile(member, io.BytesIO(data))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    # Before, the kept locations were used: reads returned other utterances' audio.
+    second = ShardAudioReader(shards)
+    assert second.scanned == 1
+    assert second.locations != first.locations
+    for utt_id, path in zip(corpus["utt_id"], corpus["path"], strict=True):
+        np.testing.assert_array_equal(second.read(utt_id)[0], sf.read(path, dtype="float32")[0])

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import tarfile
+import time
 
 import numpy as np
 import pandas as pd
@@ -180,3 +183,67 @@ def test_records_decode_only_when_asked(corpus, tmp_path):
     assert len(records) == 12 and all(set(r.parts) == {"flac", "json"} for r in records)
     utt_id, speaker, wave, rate = records[0].decode()
     assert speaker == utt_id.split("/")[0] and rate == 16000 and wave.dtype == np.float32
+
+
+def _rewrite_same_size(shard, keep_times=False):
+    """Other bytes of the same size, as another tool or a bad copy leaves them; the first
+    sample's header stays, so only the bytes tell."""
+    before = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    shard.write_bytes(bytes(data))
+    if keep_times:  # cp -p, rsync -t: the times come back, but not the status-change time
+        os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:  # written later than the shard was
+        later = before.st_mtime_ns + 1_000_000_000
+        os.utime(shard, ns=(later, later))
+    assert shard.stat().st_size == before.st_size
+
+
+@pytest.mark.parametrize("keep_times", [False, True])
+def test_a_shard_rewritten_with_other_bytes_of_the_same_size_is_caught(
+    corpus, tmp_path, keep_times
+):
+    out = tmp_path / "shards"
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    shard = out / "shard-000001.tar"
+    written = shard.read_bytes()
+    others = {n: (out / n).stat().st_ino for n in ("shard-000000.tar", "shard-000002.tar")}
+    # Before, a re-run kept it on its size alone: now it is written again, the others kept.
+    _rewrite_same_size(shard, keep_times)
+    write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    assert shard.read_bytes() == written
+    assert {n: (out / n).stat().st_ino for n in others} == others
+    assert check_shards_hold(corpus, out)["num_shards"] == 3
+    # Before, training read the other bytes as these utterances: now it is refused.
+    _rewrite_same_size(shard, keep_times)
+    with pytest.raises(
+        ShardError,
+        match=r"shard-000001\.tar: its bytes changed since it was written \(CRC-32 [0-9a-f]{8}, "
+        r"index.json recorded [0-9a-f]{8}\) though its size did not; write the shards again",
+    ):
+        check_shards_hold(corpus, out)
+
+
+def test_a_copied_shard_of_the_same_bytes_is_checked_once_and_kept(corpus, tmp_path, caplog):
+    out = tmp_path / "shards"
+    first = write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    assert all(isinstance(e["crc32"], int) and e["mtime_ns"] > 0 for e in first["shards"])
+    shard = out / "shard-000002.tar"
+    time.sleep(0.05)
+    copy = tmp_path / "copy.tar"
+    copy.write_bytes(shard.read_bytes())
+    copy.replace(shard)  # as cp would leave it: the same bytes, new times
+    inode = shard.stat().st_ino
+    with caplog.at_level(logging.INFO, logger="sv_kedro.corpus.shards"):
+        check_shards_hold(corpus, out)
+    assert "1 shard(s) were copied or touched since index.json was written" in caplog.text
+    second = write_webdataset_shards(corpus, out, utterances_per_shard=5, seed=1)
+    assert shard.stat().st_ino == inode  # kept, not written again
+    assert second["shards"][2]["crc32"] == first["shards"][2]["crc32"]
+    assert second["shards"][2]["ctime_ns"] == shard.stat().st_ctime_ns  # the new times
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sv_kedro.corpus.shards"):
+        check_shards_hold(corpus, out)
+    assert "copied or touched" not in caplog.text

@@ -8,10 +8,10 @@ file that is already open, instead of opening the utterance's own file; the trai
 need not stay beside its shards at all.
 
 The pass over a tar is done once: its result is kept beside the shard as
-``<shard>.locations.json`` (written atomically, keyed on the shard's fingerprint, size and
-modification time), so later readers of a million-utterance corpus load a small file per
-shard instead of walking every tar header again. A shard written again, or a folder the
-reader cannot write to, simply means another pass.
+``<shard>.locations.json`` (written atomically, keyed on the shard's fingerprint, size,
+modification and status-change times), so later readers of a million-utterance corpus
+load a small file per shard instead of walking every tar header again. A shard written
+again, or a folder the reader cannot write to, simply means another pass.
 """
 
 from __future__ import annotations
@@ -172,13 +172,16 @@ def locations_path(shard: Path) -> Path:
 
 
 def _shard_state(shard: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """What the kept locations are valid for: this content, written at this moment."""
+    """What the kept locations are valid for: this content, written at this moment. The
+    status-change time changes with every write, even one whose copy tool set the
+    modification time back (``cp -p``): the samples may lie elsewhere in that shard."""
     stat = shard.stat()
     return {
         "format": _LOCATIONS_FORMAT,
         "fingerprint": entry["fingerprint"],
         "bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
     }
 
 

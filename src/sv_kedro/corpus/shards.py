@@ -11,9 +11,14 @@ being cut into shards, so every shard mixes many speakers.
 Shards are written atomically, one at a time, and ``index.json`` is rewritten after each:
 it lists shard names, sample counts and two fingerprints per shard. ``fingerprint`` covers
 the audio (sample rate, ``utt_id`` and ``path`` of each sample) and is what a reader checks
-against its manifest; ``metadata_fingerprint`` adds the labels stored in the JSON. On a
-re-run a shard whose file exists with both fingerprints and the size recorded in the index
-is skipped, so an interrupted run resumes where it stopped. Beside a shard, the first
+against its manifest; ``metadata_fingerprint`` adds the labels stored in the JSON. The
+index also records each shard file as written: its size, modification and status-change
+times and CRC-32. On a re-run a shard is skipped when its fingerprints match and its file
+is the one written: same size and times (one ``stat``), or, where only its times differ (a
+copy, a ``chmod``), the same CRC-32 (one read of the file). So an interrupted run resumes
+where it stopped, and a shard rewritten since by another tool is written again even when
+its size did not change (a copy that kept the times, ``cp -p``, still changes the
+status-change time, which a copy tool cannot set back). Beside a shard, the first
 ``ShardAudioReader`` (``corpus.shard_access``) keeps ``<shard>.locations.json``; writing the
 shard again removes it, as it removes the files of shards a smaller run no longer has.
 
@@ -30,6 +35,7 @@ import json
 import logging
 import os
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +121,37 @@ def _write_shard(target: Path, rows: pd.DataFrame, first_key: int, sample_rate: 
             _add_member(archive, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
 
 
+def _file_state(shard: Path) -> dict[str, int]:
+    """What the index records of a shard file as written: its size and times."""
+    stat = shard.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+
+
+def _crc32(shard: Path) -> int:
+    """CRC-32 of the whole file (zlib's: about 2.5 GB/s once the file is in memory)."""
+    crc = 0
+    with open(shard, "rb") as handle:
+        while block := handle.read(1 << 23):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _times_differ(state: dict[str, int], entry: dict[str, Any]) -> bool:
+    return state["mtime_ns"] != entry.get("mtime_ns") or state["ctime_ns"] != entry.get("ctime_ns")
+
+
+def _is_as_written(shard: Path, entry: dict[str, Any]) -> bool:
+    """Whether ``shard`` holds the bytes its index ``entry`` recorded: same size and times,
+    or same size and CRC-32 where only the times differ. An entry without a CRC (written
+    by an earlier sv-kedro) cannot tell a same-size replacement apart: no."""
+    if "crc32" not in entry or not shard.is_file():
+        return False
+    state = _file_state(shard)
+    if state["bytes"] != entry.get("bytes"):
+        return False
+    return not _times_differ(state, entry) or _crc32(shard) == entry["crc32"]
+
+
 def _read_index(out_dir: Path) -> dict[str, Any]:
     path = out_dir / INDEX_NAME
     if not path.is_file():
@@ -138,13 +175,13 @@ def write_webdataset_shards(
 
     Audio is read from ``manifest["path"]``, downmixed to mono and resampled to
     ``sample_rate`` when it differs. Shards already complete (same fingerprints and size as
-    recorded in ``index.json``) are kept; shard files beyond the new shard count, left by
-    an earlier and larger run, are removed.
+    recorded in ``index.json``, and the same file: see the module docstring) are kept;
+    shard files beyond the new shard count, left by an earlier and larger run, are removed.
 
     Returns:
         The index written to ``out_dir/index.json``: format, seed, sample rate, totals and
-        ``shards`` = list of ``{name, count, speakers, bytes, fingerprint,
-        metadata_fingerprint}``.
+        ``shards`` = list of ``{name, count, speakers, bytes, mtime_ns, ctime_ns, crc32,
+        fingerprint, metadata_fingerprint}``.
     """
     for column in ("utt_id", "speaker", "path"):
         if column not in manifest.columns:
@@ -172,10 +209,10 @@ def write_webdataset_shards(
             old is not None
             and old.get("fingerprint") == fingerprint
             and old.get("metadata_fingerprint") == metadata
-            and target.is_file()
-            and target.stat().st_size == old.get("bytes")
+            and _is_as_written(target, old)
         ):
             skipped += 1
+            crc = int(old["crc32"])
         else:
             target.with_name(name + LOCATIONS_SUFFIX).unlink(missing_ok=True)
             try:
@@ -183,12 +220,15 @@ def write_webdataset_shards(
             except Exception as exc:
                 raise ShardError(f"{target}: cannot write shard ({exc})") from exc
             written += 1
+            crc = _crc32(target)  # read back from the page cache: far cheaper than encoding
         entries.append(
             {
                 "name": name,
                 "count": len(rows),
                 "speakers": int(rows["speaker"].nunique()),
-                "bytes": target.stat().st_size,
+                # The times now, so that a shard copied since is checked by its CRC once.
+                **_file_state(target),
+                "crc32": crc,
                 "fingerprint": fingerprint,
                 "metadata_fingerprint": metadata,
             }
@@ -273,7 +313,9 @@ def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -
     reads the same shards. Each shard file must also exist with the size the index
     recorded: a shard deleted, truncated or replaced by another shard since it was written
     is refused here, before training, rather than read (a copy of another shard would pass
-    every later check and train on its utterances twice).
+    every later check and train on its utterances twice). A shard whose times differ from
+    the recorded ones is read whole once to compare its CRC-32: one rewritten with other
+    bytes of the same size is refused, a copy of the same bytes is read.
     """
     index = read_shard_index(out_dir)
     if len(manifest) != index["num_utterances"]:
@@ -283,6 +325,7 @@ def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -
         )
     table = _shuffled(manifest, int(index["seed"]))
     size = int(index["utterances_per_shard"])
+    checked = 0  # shards read whole because their times changed
     for number, entry in enumerate(index["shards"]):
         rows = table.iloc[number * size : (number + 1) * size]
         shard = Path(out_dir) / entry["name"]
@@ -291,17 +334,28 @@ def check_shards_hold(manifest: pd.DataFrame, out_dir: str | os.PathLike[str]) -
                 f"{shard}: holds other utterances than the training "
                 "manifest (another split or corpus); write the shards again from this manifest"
             )
-        _check_shard_file(shard, entry.get("bytes"), number * size)
+        checked += _check_shard_file(shard, entry, number * size)
+    if checked:
+        logger.info(
+            "%s: %d shard(s) were copied or touched since index.json was written; their "
+            "CRC-32 shows the same content. Running data_engineering again keeps them and "
+            "records their new times, which spares this read",
+            out_dir,
+            checked,
+        )
     return index
 
 
-def _check_shard_file(shard: Path, recorded_bytes: int | None, first_key: int) -> None:
+def _check_shard_file(shard: Path, entry: dict[str, Any], first_key: int) -> bool:
     """``shard`` exists with the recorded size, and its first sample is the one the writer
-    put first (keys number the samples across all shards): two reads of a few bytes."""
+    put first (keys number the samples across all shards): two reads of a few bytes. Where
+    its times differ from the recorded ones, its CRC-32 must match too (a read of the
+    whole file, then ``True``)."""
     again = "write the shards again (data_engineering with data_engineering.shards.enabled)"
     if not shard.is_file():
         raise ShardError(f"{shard}: missing, but index.json lists it; {again}")
-    size = shard.stat().st_size
+    state = _file_state(shard)
+    size, recorded_bytes = state["bytes"], entry.get("bytes")
     if recorded_bytes is not None and size != int(recorded_bytes):
         raise ShardError(
             f"{shard}: {size} bytes, but index.json recorded {recorded_bytes} when it was "
@@ -318,6 +372,15 @@ def _check_shard_file(shard: Path, recorded_bytes: int | None, first_key: int) -
             f"{shard}: starts with sample {key or 'nothing'}, but the writer put sample "
             f"{first_key:09d} first: the file was replaced (by another shard?); {again}"
         )
+    if "crc32" not in entry or not _times_differ(state, entry):
+        return False  # unchanged since written, or an index too old to tell
+    crc = _crc32(shard)
+    if crc != int(entry["crc32"]):
+        raise ShardError(
+            f"{shard}: its bytes changed since it was written (CRC-32 {crc:08x}, index.json "
+            f"recorded {int(entry['crc32']):08x}) though its size did not; {again}"
+        )
+    return True
 
 
 def iter_webdataset_shards(
