@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from sv_kedro.corpus.shard_records import iter_shard_records, iter_webdataset_shards
 from sv_kedro.corpus.shards import (
     ShardError,
     check_shards_hold,
-    iter_shard_records,
-    iter_webdataset_shards,
     read_shard_index,
     shard_paths,
     write_webdataset_shards,

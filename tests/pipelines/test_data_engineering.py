@@ -22,7 +22,8 @@ import soundfile as sf
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from sv_kedro.corpus.shards import iter_webdataset_shards, shard_paths
+from sv_kedro.corpus.shard_records import iter_webdataset_shards
+from sv_kedro.corpus.shards import shard_paths
 from sv_kedro.corpus.trials import TrialGenerationError
 from sv_kedro.corpus.validation import ValidationPolicy
 from sv_kedro.pipelines.data_engineering import nodes, source_nodes

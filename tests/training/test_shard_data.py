@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader
 
 from sv_kedro.audio.augmentation import AugmentationConfig, Augmenter
 from sv_kedro.audio.crops import CropSpec
+from sv_kedro.corpus.shard_records import iter_shard_records
 from sv_kedro.corpus.shards import (
     ShardError,
-    iter_shard_records,
     read_shard_index,
     shard_counts,
     shard_paths,

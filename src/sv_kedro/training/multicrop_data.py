@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from sv_kedro.audio.crops import crop_array
 from sv_kedro.audio.io import read_audio, to_mono
 from sv_kedro.audio.rir import resample_poly
-from sv_kedro.corpus.shards import ShardError, ShardRecord
+from sv_kedro.corpus.shard_records import ShardRecord
+from sv_kedro.corpus.shards import ShardError
 from sv_kedro.training.shard_data import ShardDataset
 
 

@@ -30,7 +30,8 @@ from sv_kedro.audio.augmentation import Augmenter, speed_perturb, speed_perturbe
 from sv_kedro.audio.crops import CropSpec, crop_window, wrap_pad
 from sv_kedro.audio.io import to_mono
 from sv_kedro.audio.rir import resample_poly
-from sv_kedro.corpus.shards import ShardError, ShardRecord, iter_shard_records
+from sv_kedro.corpus.shard_records import ShardRecord, iter_shard_records
+from sv_kedro.corpus.shards import ShardError
 from sv_kedro.training.data import _CONTIGUOUS_STREAM, _prepare_wave
 
 T = TypeVar("T")
