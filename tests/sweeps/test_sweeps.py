@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -461,3 +463,27 @@ def test_a_failure_of_other_settings_is_not_reported_for_these(
     _, outcomes = run_sweep(new, project)
     assert [o.status for o in outcomes] == ["skipped", "done", "done", "done"]
     assert collect_runs(new, sweep_dir)["status"].tolist() == ["done"] * 4
+
+
+def test_a_killed_run_is_reported_with_its_signal_not_the_last_attempts_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    project = fake_project(tmp_path)
+    spec = pooling_spec(isolation="subprocess", output_root=str(tmp_path / "sweeps"))
+    sweep_dir = tmp_path / "sweeps" / "pooling"
+    run_dir = prepare_run_dir(project, sweep_dir, spec, spec.runs()[0])
+    old = {"run_id": run_dir.name, "error": "ValueError: boom", "traceback": "..."}
+    (run_dir / "failure.json").write_text(json.dumps(old))
+
+    def killed(command, **kwargs):  # the OOM killer ends the run before it writes anything
+        return subprocess.CompletedProcess(command, -signal.SIGKILL)
+
+    monkeypatch.setattr(execution.subprocess, "run", killed)
+    [outcome] = execution.execute_local([run_dir], "subprocess")
+    expected = f"killed by SIGKILL; see {run_dir / 'log.txt'}"
+    assert (outcome.status, outcome.error) == ("failed", expected)
+    assert read_json(run_dir / "failure.json")["error"] == expected
+    assert read_json(run_dir / "failure.json.previous") == old
+    table = collect_runs(spec, sweep_dir)
+    assert (table["status"].iloc[0], table["error"].iloc[0]) == ("failed", expected)
+    assert not run_folder._holds_work(run_dir)  # notes only: new settings may still run

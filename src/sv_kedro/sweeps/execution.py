@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,8 +40,10 @@ from sv_kedro.sweeps.run_folder import (
     is_finished,
     metrics_file,
     read_json,
+    record_lost_failure,
     select_metric,
     set_aside_other_attempts,
+    start_attempt,
     write_json,
 )
 from sv_kedro.sweeps.spec import SweepRun, SweepSpec
@@ -179,6 +182,7 @@ def execute_local(run_dirs: Sequence[Path], isolation: str) -> list[RunOutcome]:
     for index, run_dir in enumerate(run_dirs, 1):
         log.info("sweep run %d/%d: %s", index, len(run_dirs), run_dir.name)
         start = time.perf_counter()
+        start_attempt(run_dir)
         if isolation == "in_process":
             try:
                 run_point(run_dir)
@@ -199,9 +203,15 @@ def execute_local(run_dirs: Sequence[Path], isolation: str) -> list[RunOutcome]:
             if completed.returncode == 0:
                 outcome = RunOutcome(run_dir.name, "done")
             else:
-                message = _failure_message(
-                    run_dir, f"exit code {completed.returncode}; see {run_dir / LOG_FILE}"
+                code = completed.returncode
+                ended = (
+                    f"killed by {signal.Signals(-code).name}"
+                    if code < 0 and -code in signal.valid_signals()
+                    else f"exit code {code}"
                 )
+                lost = f"{ended}; see {run_dir / LOG_FILE}"
+                record_lost_failure(run_dir, lost, time.perf_counter() - start)
+                message = _failure_message(run_dir, lost)
                 log.error("sweep run %s failed: %s", run_dir.name, message)
                 outcome = RunOutcome(run_dir.name, "failed", error=message)
         outcome.wall_s = time.perf_counter() - start
@@ -232,6 +242,8 @@ def execute_slurm(run_dirs: Sequence[Path], spec: SweepSpec, sweep_dir: Path) ->
     if slurm.additional_parameters:
         parameters["slurm_additional_parameters"] = dict(slurm.additional_parameters)
     executor.update_parameters(**parameters)
+    for run_dir in run_dirs:
+        start_attempt(run_dir)
     jobs = executor.map_array(run_point, [str(path) for path in run_dirs])
     log.info("submitted %d sweep run(s) to Slurm; logs in %s", len(jobs), sweep_dir / "slurm")
     outcomes = []
@@ -241,7 +253,9 @@ def execute_slurm(run_dirs: Sequence[Path], spec: SweepSpec, sweep_dir: Path) ->
             job.result()
             outcome = RunOutcome(run_dir.name, "done")
         except Exception as error:  # submitit raises FailedJobError / UncompletedJobError
-            message = _failure_message(run_dir, f"Slurm job {job.job_id}: {error}")
+            lost = f"Slurm job {job.job_id}: {error}"
+            record_lost_failure(run_dir, lost, time.perf_counter() - start)
+            message = _failure_message(run_dir, lost)
             log.error("sweep run %s failed: %s", run_dir.name, message)
             outcome = RunOutcome(run_dir.name, "failed", error=message)
         outcome.wall_s = time.perf_counter() - start

@@ -4,7 +4,9 @@
 - ``result.json``: written last, on success, with the run's metrics. Its presence marks
   the run as finished: a re-run of the sweep skips it. One that cannot be read is moved
   aside to ``result.json.corrupt`` and the run is done again;
-- ``failure.json``: the error of the last failed attempt (a re-run tries again);
+- ``failure.json``: the error of the last failed attempt (a re-run tries again). An
+  attempt starts by renaming it to ``failure.json.previous``; a run killed before it can
+  write one (out of memory, a time limit) gets one from the sweep, with its exit status;
 - ``log.txt``: stdout and stderr of a subprocess run.
 
 A re-run with other settings (pipeline, system, env or any override) than a run folder's
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"
 FAILURE_FILE = "failure.json"
+PREVIOUS_FAILURE_FILE = "failure.json.previous"
 LOG_FILE = "log.txt"
 # Input layers a run reads from the project (outputs 06-08 stay inside the run folder).
 SHARED_LAYERS = ("01_raw", "02_intermediate", "03_primary", "04_feature", "05_model_input")
@@ -138,7 +141,12 @@ def recorded_difference(run_dir: Path, spec: SweepSpec, run: SweepRun) -> str | 
 # Top-level files of a run folder that are no work of the run: what preparing it puts
 # there and the sweep's notes on an attempt (also when moved aside: ``<name>.<why>``).
 _NOT_WORK = (RUN_FILE, "pyproject.toml", "conf", FAILURE_FILE, LOG_FILE)
-_ASIDE = (f"{RESULT_FILE}.corrupt", f"{FAILURE_FILE}.other-settings", f"{LOG_FILE}.other-settings")
+_ASIDE = (
+    f"{RESULT_FILE}.corrupt",
+    f"{FAILURE_FILE}.other-settings",
+    f"{LOG_FILE}.other-settings",
+    PREVIOUS_FAILURE_FILE,
+)
 
 
 def _holds_work(run_dir: Path) -> bool:
@@ -229,6 +237,24 @@ def set_aside_other_attempts(run_dir: Path, spec: SweepSpec, run: SweepRun) -> N
         difference or f"{RUN_FILE} missing or unreadable",
         ", ".join(aside.name for aside in asides),
     )
+
+
+def start_attempt(run_dir: Path) -> None:
+    """Before a run starts: the last attempt's ``failure.json`` becomes
+    ``failure.json.previous``, so that a run killed before it can write its own (out of
+    memory, a Slurm time limit) is not reported with the last attempt's error."""
+    failure = run_dir / FAILURE_FILE
+    if failure.exists():
+        os.replace(failure, run_dir / PREVIOUS_FAILURE_FILE)
+
+
+def record_lost_failure(run_dir: Path, message: str, wall_s: float) -> None:
+    """Write ``failure.json`` for a run that ended without writing one (killed)."""
+    if not (run_dir / FAILURE_FILE).exists():
+        write_json(
+            run_dir / FAILURE_FILE,
+            {"run_id": run_dir.name, "error": message, "traceback": "", "wall_s": wall_s},
+        )
 
 
 def is_finished(run_dir: Path, metric: dict[str, str]) -> bool:
