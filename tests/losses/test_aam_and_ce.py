@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sv_kedro.losses import AAMSoftmaxLoss, CrossEntropyLoss, MarginSchedule, top1_accuracy
+from sv_kedro.losses import (
+    AAMSoftmaxLoss,
+    CrossEntropyLoss,
+    MarginSchedule,
+    build_loss,
+    top1_accuracy,
+)
 
 
 def _random_cosines(batch: int, n_classes: int, seed: int = 0) -> torch.Tensor:
@@ -140,3 +146,11 @@ def test_bad_inputs_are_reported():
         AAMSoftmaxLoss(margin=2.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         CrossEntropyLoss(label_smoothing=1.0)
+
+
+def test_an_infinite_scale_is_refused():
+    # It passed "> 0" and made every logit ±inf, so the first loss was NaN.
+    with pytest.raises(ValueError, match="scale must be a finite number > 0, got inf"):
+        AAMSoftmaxLoss(scale=float("inf"))
+    with pytest.raises(ValueError, match="scale must be a finite number > 0, got inf"):
+        build_loss({"name": "aam", "scale": float("inf")})

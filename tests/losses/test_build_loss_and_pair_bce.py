@@ -51,3 +51,27 @@ def test_pair_bce_per_sample_and_accuracy_logits():
     assert weighted.per_sample[1].item() == pytest.approx(expected[1].item())
     with pytest.raises(ValueError, match="'same' must have shape"):
         PairBCELoss()(pair_logits, same[:2])
+
+
+def test_pos_weight_must_be_a_finite_number():
+    # A string failed with a bare "'>' not supported"; true was taken for 1; inf gave an
+    # infinite loss on every same-speaker pair.
+    with pytest.raises(TypeError, match="'pos_weight' must be a number, got '2'"):
+        build_loss({"name": "bce", "pos_weight": "2"})
+    with pytest.raises(TypeError, match="'pos_weight' must be a number, got True"):
+        build_loss({"name": "bce", "pos_weight": True})
+    with pytest.raises(ValueError, match="pos_weight must be a finite number > 0, got inf"):
+        build_loss({"name": "bce", "pos_weight": float("inf")})
+    assert build_loss({"name": "bce", "pos_weight": 2}).pos_weight == 2.0
+    assert build_loss({"name": "bce", "pos_weight": None}).pos_weight is None
+
+
+def test_integer_pair_labels_other_than_0_and_1_are_refused():
+    logits = torch.tensor([0.5, -0.5, 1.0])
+    # -1 gave a negative loss and 2 a target outside [0, 1], without any error.
+    for bad in ([0, 1, 2], [0, 1, -1]):
+        with pytest.raises(ValueError, match="'same' must be 0/1"):
+            PairBCELoss()(logits, torch.tensor(bad))
+    good = PairBCELoss()(logits, torch.tensor([0, 1, 1]))
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0, 1.0]))
+    torch.testing.assert_close(good.loss, expected)

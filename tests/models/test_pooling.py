@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sv_kedro.models.pooling import POOLING_NAMES, build_pooling
+from sv_kedro.models.pooling import POOLING_NAMES, build_pooling, pooling_options
 
 DIM = 6
 
@@ -99,3 +99,36 @@ def test_build_pooling_errors_name_the_problem() -> None:
     frames, mask, _ = _batch()
     with pytest.raises(ValueError, match="no valid frame"):
         build_pooling("mean", DIM)(frames, torch.zeros_like(mask))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        # Iterated the string's characters: "could not convert string to float: '.'".
+        ("quantile", {"quantiles": "0.1,0.9"}, r"quantiles must be a non-empty list"),
+        ("quantile", {"quantiles": 0.5}, r"quantiles must be a non-empty list"),
+        # An empty list built a pooling of output_dim 0.
+        ("quantile", {"quantiles": []}, r"quantiles must be a non-empty list"),
+        ("quantile", {"quantiles": [True, 0.5]}, r"quantiles\[0\] must be a number, got True"),
+        ("quantile", {"quantiles": [0.5, 1.5]}, r"quantiles must lie in \[0, 1\]"),
+        # 0 built attention weights that ignore the frames; others failed deep in torch.
+        ("attentive", {"hidden_dim": 0}, r"hidden_dim must be >= 1, got 0"),
+        ("attentive", {"hidden_dim": 2.5}, r"hidden_dim must be an integer, got 2\.5"),
+        # NaN gave a NaN CLS token; a string a torch TypeError.
+        ("first+cls", {"init_std": float("nan")}, r"init_std must be a finite number >= 0"),
+        ("first+cls", {"init_std": "x"}, r"init_std must be a number, got 'x'"),
+        ("first+cls", {"hidden_dim": 8}, r"'first\+cls': unknown option\(s\) \['hidden_dim'\]"),
+    ],
+)
+def test_pooling_options_are_checked_naming_the_key(name, options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_pooling(name, DIM, **options)
+    with pytest.raises(ValueError, match=r"model\.pooling"):
+        pooling_options(name, options, "model.pooling")
+
+
+def test_checked_pooling_options_are_converted() -> None:
+    assert pooling_options("attentive", {"hidden_dim": "16"}) == {"hidden_dim": 16}
+    quantile = build_pooling("quantile", DIM, quantiles=[0.1, "0.9"])
+    assert quantile.output_dim == 2 * DIM
+    torch.testing.assert_close(quantile.quantiles, torch.tensor([0.1, 0.9]))

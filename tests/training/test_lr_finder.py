@@ -9,7 +9,12 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from sv_kedro.training.lr_finder import lr_range_test, plot_lr_finder, suggest_index
+from sv_kedro.training.lr_finder import (
+    check_range_test_options,
+    lr_range_test,
+    plot_lr_finder,
+    suggest_index,
+)
 from sv_kedro.training.task import ClassificationTask
 
 
@@ -64,3 +69,41 @@ def test_bad_ranges_are_refused():
     model = nn.Linear(8, 4)
     with pytest.raises(ValueError, match="min_lr < max_lr"):
         lr_range_test(model, ClassificationTask(), make_loader(), min_lr=1.0, max_lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Stopped the sweep at the first loss that was not a new best, then blamed max_lr.
+        ({"divergence_factor": 0.0}, r"divergence_factor must be > 1"),
+        ({"divergence_factor": 1.0}, r"divergence_factor must be > 1"),
+        # Counted from the end: an LR past the minimum, or an IndexError.
+        ({"skip_start": -2}, r"skip_start must be >= 0, got -2"),
+        ({"min_lr": 0.0}, r"need 0 < min_lr < max_lr"),
+        ({"max_lr": float("inf")}, r"need 0 < min_lr < max_lr \(finite\)"),
+        ({"num_steps": 2}, r"num_steps must be >= 3"),
+        ({"smoothing": 1.0}, r"smoothing must lie in \[0, 1\)"),
+    ],
+)
+def test_options_that_would_misguide_the_sweep_are_refused_before_a_step(options, message):
+    model = nn.Linear(8, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kwargs = {"min_lr": 1e-4, "max_lr": 1.0, "num_steps": 10, **options}
+    with pytest.raises(ValueError, match=message):
+        lr_range_test(model, ClassificationTask(), make_loader(), **kwargs)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_negative_skip_start_is_refused_by_the_suggestion_rule():
+    lrs = list(np.logspace(-6, 0, 10))
+    smoothed = [5, 4.9, 4.5, 3.5, 2.5, 2.0, 1.9, 2.5, 4, 9]
+    assert lrs[suggest_index(lrs, smoothed, 0)] == lrs[3]  # the steepest fall, before 1.9
+    with pytest.raises(ValueError, match="skip_start must be >= 0, got -5"):
+        suggest_index(lrs, smoothed, -5)  # was index -5: an LR on the rising side
+
+
+def test_option_checks_name_the_parameter_key_when_given_a_prefix():
+    with pytest.raises(ValueError, match=r"lr_finder\.min_lr and lr_finder\.max_lr need"):
+        check_range_test_options(1.0, 0.1, 10, 0.9, 4.0, 3)
+    with pytest.raises(ValueError, match=r"lr_finder\.skip_start must be >= 0"):
+        check_range_test_options(1e-6, 1.0, 10, 0.9, 4.0, -1)

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from sv_kedro.training.optim import build_optimizer, build_param_groups
-from sv_kedro.training.schedules import ScheduleConfig, build_scheduler, schedule_curve
+from sv_kedro.training.schedules import (
+    ScheduleConfig,
+    ScheduleFactor,
+    build_scheduler,
+    schedule_curve,
+)
 
 TOTAL = 100
 
@@ -85,7 +90,13 @@ def test_scheduler_scales_every_group_and_state_is_plain_data():
 
 def test_schedule_needing_total_steps_says_so():
     with pytest.raises(ValueError, match="needs the total number of optimiser steps"):
+        ScheduleFactor(ScheduleConfig(kind="one_cycle"), None, None)
+    # A known length of 0 steps (epochs of fewer batches than grad_accumulation) says that,
+    # instead of asking for max_steps or a loader with a length, which it has.
+    with pytest.raises(ValueError, match=r"0 optimiser steps .*grad_accumulation"):
         schedule_curve(ScheduleConfig(kind="one_cycle"), 0)
+    with pytest.raises(ValueError, match=r"0 optimiser steps .*grad_accumulation"):
+        ScheduleFactor(ScheduleConfig(kind="step_per_epoch"), 10, 0)
     with pytest.raises(ValueError, match="tri_stage"):
         ScheduleConfig(kind="tri_stage", warmup_ratio=0.5, constant_ratio=0.5, decay_ratio=0.5)
 
@@ -133,3 +144,30 @@ def test_values_that_are_no_numbers_name_the_key():
     with pytest.raises(ValueError, match=r"schedule.warmup_ratio must be a number, got 'abc'"):
         ScheduleConfig.from_dict({"kind": "one_cycle", "warmup_ratio": "abc"})
     assert ScheduleConfig.from_dict({"kind": "step_per_epoch", "gamma": "0.5"}).gamma == 0.5
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # A "warm-up" from above the peak, a "decay" that grows the LR, an LR that doubles
+        # every epoch, an infinite factor: each was accepted and trained.
+        (
+            {"kind": "one_cycle", "initial_lr_scale": 5},
+            r"schedule\.initial_lr_scale must lie in \(0, 1\], got 5",
+        ),
+        (
+            {"kind": "exp_decay", "final_lr_scale": 5},
+            r"schedule\.final_lr_scale must lie in \(0, 1\]",
+        ),
+        ({"kind": "step_per_epoch", "gamma": 2}, r"schedule\.gamma must lie in \(0, 1\], got 2"),
+        (
+            {"kind": "one_cycle", "initial_lr_scale": "inf"},
+            r"schedule\.initial_lr_scale .* got inf",
+        ),
+        ({"kind": "tri_stage", "final_lr_scale": 0}, r"schedule\.final_lr_scale must lie in"),
+    ],
+)
+def test_lr_scales_and_gamma_are_fractions_of_the_peak(values, message):
+    with pytest.raises(ValueError, match=message):
+        ScheduleConfig.from_dict(values)
+    assert ScheduleConfig.from_dict({"kind": "exp_decay", "final_lr_scale": 1}).final_lr_scale == 1

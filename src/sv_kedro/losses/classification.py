@@ -98,8 +98,9 @@ class AAMSoftmaxLoss(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"AAMSoftmaxLoss: scale must be > 0, got {scale}")
+        # An infinite scale passes "> 0" but turns every logit into ±inf and the loss NaN.
+        if not 0 < scale < math.inf:
+            raise ValueError(f"AAMSoftmaxLoss: scale must be a finite number > 0, got {scale}")
         self.scale = float(scale)
         self.easy_margin = bool(easy_margin)
         self.label_smoothing = _check_label_smoothing(label_smoothing, "AAMSoftmaxLoss")

@@ -30,7 +30,7 @@ _DEFAULTS: dict[str, Any] = {
     "pos_weight": None,
     "length_normalization": "none",
 }
-_NUMBER_KEYS = ("margin", "scale", "label_smoothing")
+_NUMBER_KEYS = ("margin", "scale", "label_smoothing", "pos_weight")
 
 
 def build_loss(config: Mapping[str, Any]) -> nn.Module:
@@ -50,7 +50,10 @@ def build_loss(config: Mapping[str, Any]) -> nn.Module:
         )
     name = str(config["name"]).lower()
     options = {**_DEFAULTS, **{key: value for key, value in config.items() if key != "name"}}
-    for key in _NUMBER_KEYS:
+    # pos_weight (when set) too: a string reached ``pos_weight > 0`` and failed with a bare
+    # "'>' not supported", and true was taken for 1.
+    numbers = [key for key in _NUMBER_KEYS if key != "pos_weight" or options[key] is not None]
+    for key in numbers:
         if isinstance(options[key], bool) or not isinstance(options[key], (int, float)):
             raise TypeError(f"build_loss: '{key}' must be a number, got {options[key]!r}")
     if not isinstance(options["easy_margin"], bool):

@@ -6,6 +6,8 @@ loss is ``BCE-with-logits(pair_logit, same)`` per pair.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,8 +30,10 @@ class PairBCELoss(nn.Module):
 
     def __init__(self, pos_weight: float | None = None) -> None:
         super().__init__()
-        if pos_weight is not None and not pos_weight > 0:
-            raise ValueError(f"PairBCELoss: pos_weight must be > 0, got {pos_weight}")
+        if pos_weight is not None and not 0 < pos_weight < math.inf:
+            raise ValueError(
+                f"PairBCELoss: pos_weight must be a finite number > 0, got {pos_weight}"
+            )
         self.pos_weight = None if pos_weight is None else float(pos_weight)
 
     def forward(self, pair_logits: Tensor, same: Tensor, mask: Tensor | None = None) -> LossOutput:
@@ -46,7 +50,9 @@ class PairBCELoss(nn.Module):
                 f"got {tuple(same.shape)}"
             )
         targets = same.to(torch.float32)
-        if same.dtype.is_floating_point and not bool(((targets == 0) | (targets == 1)).all()):
+        # Integer labels too: a 2 or a -1 would give a BCE target outside [0, 1] (a negative
+        # loss for -1) without any error.
+        if not bool(((targets == 0) | (targets == 1)).all()):
             raise ValueError("PairBCELoss: 'same' must be 0/1 (or bool)")
         pair_logits = pair_logits.float()
         pos_weight = (

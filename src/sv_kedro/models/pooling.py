@@ -25,6 +25,9 @@ the result. ``build_pooling(name, dim)`` builds one of :data:`POOLING_NAMES`:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -36,6 +39,7 @@ from sv_kedro.models.masking import (
     valid_lengths,
     weighted_mean_std,
 )
+from sv_kedro.utils.params import as_float, as_int
 
 POOLING_NAMES: tuple[str, ...] = (
     "mean",
@@ -127,6 +131,8 @@ class QuantilePooling(Pooling):
 
     def __init__(self, dim: int, quantiles: tuple[float, ...] = QUANTILES) -> None:
         super().__init__(dim, len(quantiles) * dim)
+        if not quantiles:  # output_dim 0: the head would get an empty vector
+            raise ValueError("pooling 'quantile': needs at least one quantile")
         if not all(0.0 <= q <= 1.0 for q in quantiles):
             raise ValueError(f"pooling 'quantile': quantiles must lie in [0, 1], got {quantiles}")
         self.register_buffer("quantiles", torch.tensor(quantiles), persistent=False)
@@ -225,23 +231,70 @@ class NoPooling(Pooling):
         return frames
 
 
+POOLING_OPTIONS: dict[str, tuple[str, ...]] = {
+    "attentive": ("hidden_dim",),
+    "quantile": ("quantiles",),
+    "first+cls": ("init_std",),
+}
+
+
+def pooling_options(
+    name: str, options: Mapping[str, object], where: str = "pooling"
+) -> dict[str, object]:
+    """``options`` of pooling ``name`` checked and converted, or a ``ValueError`` naming
+    ``<where>`` and the option; needs no frame size, so a config is checked before its model
+    (with its SSL encoder) is built.
+
+    Each option would otherwise fail deep in torch or, worse, build a pooling that is not
+    what was asked: ``hidden_dim: 0`` gives attention weights that ignore the frames,
+    ``quantiles: "0.1,0.9"`` iterates the characters, ``init_std: .nan`` a NaN CLS token.
+    """
+    if name not in POOLING_NAMES:
+        raise ValueError(
+            f"{where}: unknown pooling {name!r}; choose one of {', '.join(POOLING_NAMES)}"
+        )
+    allowed = POOLING_OPTIONS.get(name, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where} '{name}': unknown option(s) {unknown}; allowed {list(allowed)}")
+    checked: dict[str, object] = dict(options)
+    if "hidden_dim" in options:
+        hidden = as_int(options["hidden_dim"], f"{where}.hidden_dim")
+        if hidden < 1:
+            raise ValueError(f"{where}.hidden_dim must be >= 1, got {options['hidden_dim']!r}")
+        checked["hidden_dim"] = hidden
+    if "quantiles" in options:
+        checked["quantiles"] = _checked_quantiles(options["quantiles"], f"{where}.quantiles")
+    if "init_std" in options:
+        std = as_float(options["init_std"], f"{where}.init_std")
+        if not 0 <= std < math.inf:
+            raise ValueError(f"{where}.init_std must be a finite number >= 0, got {std}")
+        checked["init_std"] = std
+    return checked
+
+
+def _checked_quantiles(value: object, key: str) -> tuple[float, ...]:
+    """A non-empty list of numbers in [0, 1]."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"{key} must be a non-empty list of numbers in [0, 1], got {value!r}")
+    quantiles = tuple(as_float(q, f"{key}[{i}]") for i, q in enumerate(value))
+    if not all(0.0 <= q <= 1.0 for q in quantiles):
+        raise ValueError(f"{key} must lie in [0, 1], got {list(quantiles)}")
+    return quantiles
+
+
 def build_pooling(name: str, dim: int, **options: object) -> Pooling:
     """Build pooling ``name`` (one of :data:`POOLING_NAMES`) for frames of size ``dim``.
 
-    ``options``: ``hidden_dim`` for ``attentive``; ``quantiles`` for ``quantile``;
-    ``init_std`` for ``first+cls``. The result has ``.output_dim``.
+    ``options`` (see :func:`pooling_options`): ``hidden_dim`` for ``attentive``;
+    ``quantiles`` for ``quantile``; ``init_std`` for ``first+cls``. The result has
+    ``.output_dim``.
     """
-    allowed = {"attentive": {"hidden_dim"}, "quantile": {"quantiles"}, "first+cls": {"init_std"}}
-    unknown = set(options) - allowed.get(name, set())
-    if name not in POOLING_NAMES:
-        raise ValueError(f"unknown pooling '{name}'; choose one of {', '.join(POOLING_NAMES)}")
-    if unknown:
-        raise ValueError(f"pooling '{name}': unknown option(s) {sorted(unknown)}")
+    options = pooling_options(name, options)
     if name in ("first", "last", "middle", "random"):
         return FramePicking(dim, name)
     if name == "quantile":
-        given = options.get("quantiles", QUANTILES)
-        return QuantilePooling(dim, tuple(float(q) for q in given))  # type: ignore[union-attr]
+        return QuantilePooling(dim, options.get("quantiles", QUANTILES))  # type: ignore[arg-type]
     simple: dict[str, type[Pooling]] = {
         "mean": MeanPooling,
         "mean+std": MeanStdPooling,

@@ -6,7 +6,9 @@ spawned DDP workers by pickling and round-trips through ``to_dict`` / JSON.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -18,8 +20,8 @@ from sv_kedro.training.optim import (
     build_optimizer,
     build_param_groups,
 )
-from sv_kedro.training.schedules import ScheduleConfig
-from sv_kedro.utils.params import coerce_scalars
+from sv_kedro.training.schedules import SCHEDULE_KINDS, ScheduleConfig
+from sv_kedro.utils.params import as_float, coerce_scalars
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -81,9 +83,22 @@ class TrainConfig:
     find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.schedule, Mapping):
-            self.schedule = ScheduleConfig.from_dict(dict(self.schedule))
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if isinstance(self.schedule, str | Mapping):
+            # A kind name (``training.schedule=tri_stage``) or a mapping; its errors name
+            # ``schedule.<key>``, which sits under ``training``.
+            values = {"kind": self.schedule} if isinstance(self.schedule, str) else self.schedule
+            try:
+                self.schedule = ScheduleConfig.from_dict(dict(values))
+            except ValueError as exc:
+                raise ValueError(f"training.{exc}") from exc
+        elif not isinstance(self.schedule, ScheduleConfig):
+            # ``schedule: null`` would otherwise pass here and fail in the training worker
+            # with "'NoneType' object has no attribute 'kind'".
+            raise ValueError(
+                "training.schedule must be a mapping such as {kind: constant} or a kind name "
+                f"(one of {list(SCHEDULE_KINDS)}), got {self.schedule!r}"
+            )
+        self.betas = _checked_betas(self.betas)
         if self.epochs is None and self.max_steps is None:
             raise ValueError("training: set epochs, max_steps or both")
         for name in (
@@ -108,14 +123,35 @@ class TrainConfig:
             raise ValueError(
                 f"training.precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
             )
-        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
+        # An infinite LR or decay passes "> 0" but makes every weight NaN at the first step.
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"training.{name} must be a finite number > 0, got {value}")
+        if not 0 <= self.weight_decay < math.inf:
             raise ValueError(
-                f"training.lr and training.head_lr must be > 0, got {self.lr}, {self.head_lr}"
+                f"training.weight_decay must be a finite number >= 0, got {self.weight_decay}"
             )
-        if not self.weight_decay >= 0:
-            raise ValueError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"training.grad_clip must be > 0 or null, got {self.grad_clip}")
+        # The optimiser and its parameter groups are built in the training worker, after the
+        # model: check their settings here, naming the key, instead of failing there.
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"training.eps must be a finite number > 0, got {self.eps}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"training.momentum must lie in [0, 1), got {self.momentum}")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise ValueError("training.nesterov needs training.momentum > 0 (sgd)")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"training.layer_decay must lie in (0, 1], got {self.layer_decay}")
+        if not isinstance(self.encoder_prefix, str):
+            raise ValueError(
+                f"training.encoder_prefix must be a string, got {self.encoder_prefix!r}"
+            )
+        _check_layer_pattern(self.layer_pattern)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            # The samplers seed NumPy generators with (seed, epoch), which refuse negatives.
+            raise ValueError(f"training.seed must be an integer >= 0, got {self.seed!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> TrainConfig:
@@ -146,4 +182,30 @@ class TrainConfig:
         )
         return build_optimizer(
             groups, self.optimizer, self.betas, self.eps, self.momentum, self.nesterov
+        )
+
+
+def _checked_betas(betas: Any) -> tuple[float, float]:
+    """``training.betas`` as two numbers in [0, 1) (Adam's moment decays), naming the key."""
+    if isinstance(betas, str | bytes) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise ValueError(f"training.betas must be a list of two numbers, got {betas!r}")
+    values = tuple(as_float(beta, f"training.betas[{i}]") for i, beta in enumerate(betas))
+    for index, value in enumerate(values):
+        if not 0 <= value < 1:
+            raise ValueError(f"training.betas[{index}] must lie in [0, 1), got {value}")
+    return values[0], values[1]
+
+
+def _check_layer_pattern(pattern: Any) -> None:
+    """``training.layer_pattern`` must compile and capture the layer index (group 1)."""
+    try:
+        groups = re.compile(pattern).groups
+    except (re.error, TypeError) as exc:
+        raise ValueError(
+            f"training.layer_pattern must be a regular expression, got {pattern!r}: {exc}"
+        ) from None
+    if groups < 1:
+        raise ValueError(
+            f"training.layer_pattern must capture the layer index in a group, got {pattern!r} "
+            f"(e.g. {DEFAULT_LAYER_PATTERN!r})"
         )

@@ -54,6 +54,40 @@ def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
             raise ValueError("the LR range test loader yields no batches")
 
 
+def check_range_test_options(
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+    smoothing: float,
+    divergence_factor: float,
+    skip_start: int,
+    prefix: str = "lr_finder.",
+) -> None:
+    """Refuse options the range test cannot honour, naming ``<prefix><option>``.
+
+    Checked before any step, as each would otherwise fail after the sweep or, worse, give a
+    suggestion that follows no rule: ``divergence_factor <= 1`` stops the sweep on the
+    first loss that is not a new best (then "too few losses"), and a negative
+    ``skip_start`` counted from the end and returned an LR past the minimum.
+    """
+    if not 0 < min_lr < max_lr < math.inf:
+        raise ValueError(
+            f"{prefix}min_lr and {prefix}max_lr need 0 < min_lr < max_lr (finite), got "
+            f"{min_lr} and {max_lr}"
+        )
+    if num_steps < 3:
+        raise ValueError(f"{prefix}num_steps must be >= 3, got {num_steps}")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"{prefix}smoothing must lie in [0, 1), got {smoothing}")
+    if not divergence_factor > 1:
+        raise ValueError(
+            f"{prefix}divergence_factor must be > 1 (stop once the smoothed loss exceeds that "
+            f"many times its best), got {divergence_factor}"
+        )
+    if skip_start < 0:
+        raise ValueError(f"{prefix}skip_start must be >= 0, got {skip_start}")
+
+
 def lr_range_test(
     model: nn.Module,
     task: TrainingTask,
@@ -80,12 +114,9 @@ def lr_range_test(
         skip_start: leading points left out of the suggestion search.
         device: where to run; default the model's current device.
     """
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"need 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
-    if num_steps < 3:
-        raise ValueError(f"num_steps must be >= 3, got {num_steps}")
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
+    check_range_test_options(
+        min_lr, max_lr, num_steps, smoothing, divergence_factor, skip_start, prefix=""
+    )
     initial_state = copy.deepcopy(model.state_dict())
     was_training = model.training
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -130,6 +161,8 @@ def lr_range_test(
 
 def suggest_index(lrs: list[float], smoothed: list[float], skip_start: int = 5) -> int:
     """Index of the steepest descent of ``smoothed`` against ``log10(lr)`` (see module doc)."""
+    if skip_start < 0:  # a negative start would slice from the end, past the minimum
+        raise ValueError(f"skip_start must be >= 0, got {skip_start}")
     values = np.asarray(smoothed, dtype=np.float64)
     finite = np.isfinite(values)
     if finite.sum() < 3:

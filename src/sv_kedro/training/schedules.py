@@ -60,10 +60,13 @@ class ScheduleConfig:
                     "schedule: warmup_ratio + constant_ratio + decay_ratio must be <= 1 for "
                     f"tri_stage, got {total:g}"
                 )
+        # Fractions of the peak LR: above 1 a "warm-up" would start above the peak and a
+        # "decay" would grow the LR (``exp_decay`` to 5x, ``gamma: 2`` doubling it every
+        # epoch), and an infinite one makes the weights NaN; none of these is a schedule here.
         for name in ("initial_lr_scale", "final_lr_scale", "gamma"):
             value = getattr(self, name)
-            if not value > 0.0:
-                raise ValueError(f"schedule.{name} must be > 0, got {value}")
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"schedule.{name} must lie in (0, 1], got {value}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ScheduleConfig:
@@ -89,10 +92,22 @@ class ScheduleFactor:
     def __init__(
         self, config: ScheduleConfig, total_steps: int | None, steps_per_epoch: int | None
     ):
+        # 0 (not None) means the length is known but an epoch holds fewer micro-batches
+        # than one optimiser step takes: saying "set max_steps" would send the user astray.
+        if config.kind in ("one_cycle", "tri_stage", "exp_decay") and total_steps == 0:
+            raise ValueError(
+                f"schedule {config.kind!r}: the run has 0 optimiser steps (an epoch holds "
+                "fewer batches than training.grad_accumulation?)"
+            )
         if config.kind in ("one_cycle", "tri_stage", "exp_decay") and not total_steps:
             raise ValueError(
                 f"schedule {config.kind!r} needs the total number of optimiser steps; set "
                 "max_steps, or epochs with a train loader that has a length"
+            )
+        if config.kind == "step_per_epoch" and steps_per_epoch == 0:
+            raise ValueError(
+                "schedule 'step_per_epoch': an epoch has 0 optimiser steps (it holds fewer "
+                "batches than training.grad_accumulation?)"
             )
         if config.kind == "step_per_epoch" and not steps_per_epoch:
             raise ValueError(
