@@ -45,6 +45,17 @@ def test_a_session_with_a_misspelt_override_stops_naming_it(kedro_project: Path,
             session.load_context()
 
 
+def test_a_supervised_systems_wrong_value_stops_the_session_naming_the_system(
+    kedro_project: Path,
+):
+    bootstrap_project(kedro_project)
+    params = {"wavlm_mhfa_sv": {"loss": {"name": "ce"}}}  # the last system trained
+    message = r"wavlm_mhfa_sv\.loss\.name 'ce' needs model\.head\.classifier 'linear'"
+    with pytest.raises(ParamsError, match=message):
+        with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
+            session.load_context()
+
+
 def test_new_and_existing_keys_pass(kedro_project: Path):
     bootstrap_project(kedro_project)
     params = {"xvector": {"training": {"max_steps": 2, "epochs": 1}}}

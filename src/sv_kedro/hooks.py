@@ -3,7 +3,8 @@
 :class:`ParameterCheckHook` refuses a ``--params`` key that the configuration lacks but
 nearly has (``ssl_pseudo_labeling.n_iteration``): a misspelt override would otherwise set a
 key no node reads, and the run would go ahead with the value it meant to change. It then
-checks the keys of the ``ssl_pseudo_labeling`` section, whose nodes each read only a part.
+checks the ``ssl_pseudo_labeling`` section, whose nodes each read only a part, and every
+supervised system's settings (``supervised_training.settings``).
 
 Kedro registers pipelines from code, before any node sees a parameter; the number of
 self-supervised rounds (``ssl_pseudo_labeling.n_iterations``) decides how many namespaced
@@ -37,6 +38,7 @@ from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import (
     NAMESPACE,
     check_section,
 )
+from sv_kedro.pipelines.supervised_training.settings import check_supervised_settings
 from sv_kedro.utils.params import misspelt_keys
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ class ParamsError(click.ClickException, ValueError):
 class ParameterCheckHook:
     """Refuses ``--params`` keys that resemble a configured key but are not one, then
     checks the ``ssl_pseudo_labeling`` section's keys (one hook, so that a typo is always
-    reported with the key it resembles, whatever order pluggy calls hooks in)."""
+    reported with the key it resembles, whatever order pluggy calls hooks in). Each
+    supervised system's blocks are checked too, so that a wrong value of the last system
+    does not wait for the others to train."""
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
@@ -75,12 +79,14 @@ class ParameterCheckHook:
                 raise ParamsError(
                     f"--params: key(s) not in the {loader.env or 'base'} configuration: {listed}"
                 )
-        section = loader["parameters"].get(NAMESPACE)
-        if isinstance(section, Mapping):
-            try:
+        parameters = loader["parameters"]
+        section = parameters.get(NAMESPACE)
+        try:
+            if isinstance(section, Mapping):
                 check_section(section)
-            except ValueError as exc:
-                raise ParamsError(str(exc)) from exc
+            check_supervised_settings(parameters)
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from exc
 
 
 class PipelineShapeHook:

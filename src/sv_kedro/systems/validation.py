@@ -21,6 +21,8 @@ from sv_kedro.scoring.trial_list import read_trial_list
 from sv_kedro.training.task import TrainState
 
 ValidateFn = Callable[[nn.Module, TrainState], dict[str, float]]
+# What validation reports: the values ``training.monitor`` can select ``best.pt`` by.
+VALIDATION_METRICS = ("eer", "min_dcf_0.05")
 
 
 def validation_metrics(
@@ -37,7 +39,7 @@ def validation_metrics(
         table = extract_embeddings(model, subset, config, progress=False).full
         scores = cosine_scores(table, trials)
     metrics = verification_metrics(scores, labels)
-    return {"eer": metrics["eer"], "min_dcf_0.05": metrics["min_dcf_0.05"]}
+    return {name: metrics[name] for name in VALIDATION_METRICS}
 
 
 def build_validation(config: Mapping[str, Any]) -> ValidateFn:

@@ -21,7 +21,6 @@ of silently resuming a run trained with other values.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,8 +30,13 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from sv_kedro.models.factory import normalize_model_config
-from sv_kedro.models.ssl_encoder import ENCODER_DEFAULTS
+from sv_kedro.pipelines.supervised_training.settings import (
+    check_loss_fits_model,
+    check_system,
+    lr_finder_options,
+    resolve_model_config,
+    resolve_training_config,
+)
 from sv_kedro.systems.fingerprint import run_fingerprint
 from sv_kedro.systems.loaders import build_loader
 from sv_kedro.systems.runner import build_system_model, train_speaker_system
@@ -42,84 +46,8 @@ from sv_kedro.training.lr_finder import lr_range_test, plot_lr_finder
 from sv_kedro.training.optim import build_optimizer
 from sv_kedro.training.task import LoaderRequest, TrainState, move_to_device
 from sv_kedro.utils.atomic import atomic_write_path
-from sv_kedro.utils.params import as_bool, as_float, as_int, check_keys
 
 log = logging.getLogger(__name__)
-
-SSL_ARCHITECTURES = ("ssl", "ssl_mhfa", "ssl_paired")
-# The SSL encoder sits at ``model.frontend``: its parameters get the encoder LR.
-ENCODER_PREFIX = "frontend."
-RUN_KEYS = ("work_dir", "resume", "torch_threads", "validation_max_seconds", "gate", "l2sp_weight")
-LR_FINDER_DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "use_suggestion": False,
-    "min_lr": 1e-6,
-    "max_lr": 1.0,
-    "num_steps": 60,
-    "smoothing": 0.9,
-    "divergence_factor": 4.0,
-    "skip_start": 3,
-}
-
-
-# ---------------------------------------------------------------------------- configs
-def resolve_model_config(model: Mapping[str, Any], where: str = "model") -> dict[str, Any]:
-    """``model`` with encoder keys given at its top level moved into ``model.encoder``."""
-    config = copy.deepcopy(dict(model))
-    if config.get("architecture") not in SSL_ARCHITECTURES:
-        normalize_model_config(config, where)  # fail here, naming the key, not in a worker
-        return config
-    hoisted = sorted(set(config) & (set(ENCODER_DEFAULTS) - {"kind"}))
-    if hoisted:
-        encoder = dict(config.get("encoder") or {})
-        for key in hoisted:
-            encoder[key] = config.pop(key)
-        config["encoder"] = encoder
-        log.info("%s: encoder setting(s) %s moved into %s.encoder", where, hoisted, where)
-    normalize_model_config(config, where)
-    return config
-
-
-def resolve_training_config(training: Mapping[str, Any]) -> dict[str, Any]:
-    """``training`` with a schedule name expanded and the encoder prefix of our models."""
-    config = copy.deepcopy(dict(training))
-    if isinstance(config.get("schedule"), str):
-        config["schedule"] = {"kind": config["schedule"]}
-    config.setdefault("encoder_prefix", ENCODER_PREFIX)
-    TrainConfig.from_dict(config)  # fail here, naming the key, rather than in a worker
-    return config
-
-
-def _check_run(run: Mapping[str, Any]) -> None:
-    unknown = sorted(set(run) - set(RUN_KEYS))
-    if unknown:
-        raise ValueError(f"run: unknown key(s) {unknown}; allowed: {list(RUN_KEYS)}")
-    if not run.get("work_dir"):
-        raise ValueError("run.work_dir is required (where checkpoints and inputs go)")
-    as_bool(run.get("resume", True), "run.resume")
-    if (
-        run.get("torch_threads") is not None
-        and as_int(run["torch_threads"], "run.torch_threads") < 1
-    ):
-        raise ValueError(f"run.torch_threads must be >= 1, got {run['torch_threads']!r}")
-    seconds = run.get("validation_max_seconds")
-    if seconds is not None and as_float(seconds, "run.validation_max_seconds") <= 0:
-        raise ValueError(f"run.validation_max_seconds must be > 0, got {seconds!r}")
-
-
-def _lr_finder_options(lr_finder: Mapping[str, Any]) -> dict[str, Any]:
-    """``lr_finder`` over its defaults, each value of its default's kind (naming the key)."""
-    check_keys(lr_finder, LR_FINDER_DEFAULTS, "lr_finder")
-    options = {**LR_FINDER_DEFAULTS, **lr_finder}
-    for key, default in LR_FINDER_DEFAULTS.items():
-        value, where = options[key], f"lr_finder.{key}"
-        if isinstance(default, bool):
-            as_bool(value, where)
-        elif isinstance(default, int):
-            options[key] = as_int(value, where)
-        else:
-            options[key] = as_float(value, where)
-    return options
 
 
 @contextlib.contextmanager
@@ -162,9 +90,7 @@ def train_speaker_model(
     ``lr_suggestion`` is the LR range test's output: with ``use_suggestion`` its LR replaces
     ``training.lr`` (the paper's ``auto_lr_find``).
     """
-    _check_run(run)
-    model_config = resolve_model_config(model)
-    training_config = resolve_training_config(training)
+    model_config, training_config = check_system(model, loss, training, data, run)
     if lr_suggestion.get("enabled") and lr_suggestion.get("use_suggestion"):
         log.info(
             "training.lr %g replaced by the LR range test's suggestion %g",
@@ -216,12 +142,11 @@ def find_learning_rate(
     With ``lr_finder.enabled: false`` nothing is trained: the plot says so and the
     suggestion is ``{"enabled": false}``.
     """
-    options = _lr_finder_options(lr_finder)
+    options = lr_finder_options(lr_finder)
     if not options["enabled"]:
         message = "LR range test disabled (set <system>.lr_finder.enabled=true to run it)"
         return _disabled_figure(message), {"enabled": False, "use_suggestion": False}
-    _check_run(run)
-    model_config = resolve_model_config(model)
+    model_config, _ = check_system(model, loss, training, data, run)
     model_config["n_classes"] = int(train_manifest["speaker_index"].max()) + 1
     training_config = TrainConfig.from_dict(resolve_training_config(training))
     inputs = Path(run["work_dir"]) / "lr_finder"
@@ -293,6 +218,7 @@ def check_training_setup(
     instead of at the start of a long cluster job. Returns a small report.
     """
     model_config = resolve_model_config(model)
+    check_loss_fits_model(model_config, loss, data)
     model_config["n_classes"] = int(train_manifest["speaker_index"].max()) + 1
     config = TrainConfig.from_dict(resolve_training_config(training))
     network = build_system_model(model_config)

@@ -21,16 +21,8 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from sv_kedro.pipelines import evaluation
 from sv_kedro.pipelines.supervised_training import nodes
+from sv_kedro.pipelines.supervised_training.settings import SYSTEMS
 
-SYSTEMS: tuple[str, ...] = (
-    "wav2vec2_sv_ce",
-    "wav2vec2_sv_aam",
-    "wav2vec2_sv_bce",
-    "wav2vec2_sv_ctc",
-    "xvector",
-    "ecapa_tdnn",
-    "wavlm_mhfa_sv",
-)
 COMPARISON = "supervised_comparison"
 SHARED_INPUTS = {"train_manifest", "validation_manifest", "validation_pairs"}
 
