@@ -158,3 +158,19 @@ def test_bad_config_and_inputs_are_reported(encoder_config) -> None:
     encoder = SSLEncoder(encoder_config("wav2vec2"))
     with pytest.raises(ValueError, match="lengths must be in"):
         encoder(torch.zeros(2, 800), torch.tensor([800, 900]))
+
+
+def test_inputs_shorter_than_the_cnns_receptive_field_are_named(encoder_config) -> None:
+    encoder = SSLEncoder(encoder_config("wav2vec2")).eval()
+    need = encoder.min_input_samples
+    assert encoder.output_lengths(torch.tensor([need - 1, need])).tolist() == [0, 1]
+    with pytest.raises(ValueError, match=rf"inputs of {need - 1} samples .* the {need} samples"):
+        encoder(torch.zeros(2, need - 1))
+    with pytest.raises(ValueError, match=rf"needs {need} samples for one frame \(lengths"):
+        encoder(torch.zeros(2, need + 5), torch.tensor([need + 5, need - 1]))
+    assert encoder(torch.randn(1, need)).frames.shape[1] == 1
+    # Training masks spans of time: fewer frames than a span cannot be masked.
+    encoder.train()
+    span = encoder.model.config.mask_time_length
+    with pytest.raises(ValueError, match=rf"1 frame\(s\) per input, .*mask_time_length={span}"):
+        encoder(torch.randn(1, need))

@@ -236,6 +236,18 @@ class SSLEncoder(nn.Module):
             yield
 
     # ---------------------------------------------------------------------- forward
+    @property
+    def min_input_samples(self) -> int:
+        """The fewest samples the CNN turns into one frame (its receptive field: 400, 25 ms
+        at 16 kHz, for wav2vec2/WavLM Base)."""
+        config = self.model.config
+        field = 1
+        for kernel, stride in zip(
+            reversed(config.conv_kernel), reversed(config.conv_stride), strict=True
+        ):
+            field = (field - 1) * stride + kernel
+        return field
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Samples -> CNN frames, ``[batch]`` (int64)."""
         return self.model._get_feat_extract_output_lengths(lengths).long()
@@ -284,6 +296,15 @@ class SSLEncoder(nn.Module):
             raise ValueError(
                 f"SSLEncoder: waves must be [batch, samples], got {tuple(waves.shape)}"
             )
+        if waves.shape[1] < self.min_input_samples:
+            # torch's own error ("Kernel size can't be greater than actual input size")
+            # names neither the input nor the setting to change.
+            raise ValueError(
+                f"SSLEncoder: inputs of {waves.shape[1]} samples are shorter than the "
+                f"{self.min_input_samples} samples the CNN needs for one frame (25 ms at 16 kHz "
+                "for Base models): lengthen the crops (data.crop_seconds) or leave out "
+                "shorter utterances"
+            )
         if lengths is not None:
             lengths = lengths.to(waves.device).long()
             if lengths.shape != (waves.shape[0],):
@@ -315,13 +336,20 @@ class SSLEncoder(nn.Module):
             frame_lengths = self.output_lengths(lengths)
             if int(frame_lengths.min()) < 1:
                 raise ValueError(
-                    "SSLEncoder: an utterance is too short for the CNN "
-                    f"(lengths {lengths.tolist()})"
+                    "SSLEncoder: an utterance is too short for the CNN, which needs "
+                    f"{self.min_input_samples} samples for one frame (lengths {lengths.tolist()})"
                 )
             mask = lengths_to_mask(frame_lengths, frame_count)
         hidden, _ = self.model.feature_projection(features)
         config = self.model.config
         if self.training and (config.mask_time_prob > 0 or config.mask_feature_prob > 0):
+            if config.mask_time_prob > 0 and frame_count <= config.mask_time_length:
+                # transformers' own error names its internal arguments only.
+                raise ValueError(
+                    f"SSLEncoder: {frame_count} frame(s) per input, but SpecAugment masks spans "
+                    f"of mask_time_length={config.mask_time_length} frames in training: "
+                    "lengthen the crops (data.crop_seconds) or lower mask_time_length"
+                )
             hidden = self.model._mask_hidden_states(hidden, attention_mask=mask)
         return EncoderOutput(hidden, mask)
 
