@@ -140,7 +140,7 @@ class SpeakerBalancedBatchSampler(_ResumableEpochSampler):
         if self.num_speakers < batch_size and drop_last:
             raise ValueError(
                 f"batch_size {batch_size} exceeds the {self.num_speakers} speakers: no batch of "
-                "distinct speakers can be full"
+                "distinct speakers can be full (lower data.batch_size)"
             )
         self.batch_size = int(batch_size)
         self.cap = utts_per_speaker_cap
