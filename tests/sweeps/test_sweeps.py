@@ -487,3 +487,16 @@ def test_a_killed_run_is_reported_with_its_signal_not_the_last_attempts_error(
     table = collect_runs(spec, sweep_dir)
     assert (table["status"].iloc[0], table["error"].iloc[0]) == ("failed", expected)
     assert not run_folder._holds_work(run_dir)  # notes only: new settings may still run
+
+
+def test_the_slurm_executor_runs_each_point_as_a_submitit_job(
+    tmp_path: Path, kedro_runs: list[str]
+):
+    # submitit's debug cluster runs the array's jobs in this process, through run_point.
+    project = fake_project(tmp_path)
+    spec = faked_spec(tmp_path, executor="slurm", slurm={"cluster": "debug", "mem_gb": 4})
+    sweep_dir, outcomes = run_sweep(spec, project)
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert sorted(kedro_runs) == sorted(run.run_id for run in spec.runs())
+    assert collect_runs(spec, sweep_dir)["status"].tolist() == ["done"] * 4
+    assert (sweep_dir / "slurm").is_dir()  # submitit's logs and pickles

@@ -225,23 +225,7 @@ def execute_slurm(run_dirs: Sequence[Path], spec: SweepSpec, sweep_dir: Path) ->
 
     slurm = spec.slurm
     executor = submitit.AutoExecutor(folder=str(sweep_dir / "slurm"), cluster=slurm.cluster)
-    parameters: dict[str, Any] = {
-        "name": f"{slurm.job_name}-{spec.name}",
-        "timeout_min": slurm.time_min,
-        "cpus_per_task": slurm.cpus_per_task,
-        "tasks_per_node": 1,
-        "nodes": 1,
-    }
-    if slurm.gpus_per_node is not None:
-        parameters["gpus_per_node"] = slurm.gpus_per_node
-    if slurm.mem_gb is not None:
-        parameters["mem_gb"] = slurm.mem_gb
-    for name in ("partition", "account", "qos"):
-        if getattr(slurm, name) is not None:
-            parameters[f"slurm_{name}"] = getattr(slurm, name)
-    if slurm.additional_parameters:
-        parameters["slurm_additional_parameters"] = dict(slurm.additional_parameters)
-    executor.update_parameters(**parameters)
+    executor.update_parameters(**slurm.submitit_parameters(f"{slurm.job_name}-{spec.name}", 1))
     for run_dir in run_dirs:
         start_attempt(run_dir)
     jobs = executor.map_array(run_point, [str(path) for path in run_dirs])

@@ -63,6 +63,26 @@ class SlurmConfig:
     cluster: str | None = None
     additional_parameters: dict[str, Any] = field(default_factory=dict)
 
+    def submitit_parameters(self, name: str, nodes: int) -> dict[str, Any]:
+        """``AutoExecutor.update_parameters`` keywords: one task per node, these resources."""
+        parameters: dict[str, Any] = {
+            "name": name,
+            "nodes": nodes,
+            "tasks_per_node": 1,
+            "cpus_per_task": self.cpus_per_task,
+            "timeout_min": self.time_min,
+        }
+        if self.gpus_per_node is not None:
+            parameters["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb is not None:
+            parameters["mem_gb"] = self.mem_gb
+        for key in ("partition", "account", "qos"):
+            if getattr(self, key) is not None:
+                parameters[f"slurm_{key}"] = getattr(self, key)
+        if self.additional_parameters:
+            parameters["slurm_additional_parameters"] = dict(self.additional_parameters)
+        return parameters
+
 
 @dataclass
 class DistributedConfig:
@@ -243,23 +263,7 @@ def _launch_slurm(
     slurm = config.slurm
     nproc = config.nproc_per_node or slurm.gpus_per_node or 1
     executor = submitit.AutoExecutor(folder=slurm.folder, cluster=slurm.cluster)
-    parameters: dict[str, Any] = {
-        "name": slurm.job_name,
-        "nodes": config.nnodes,
-        "tasks_per_node": 1,
-        "cpus_per_task": slurm.cpus_per_task,
-        "timeout_min": slurm.time_min,
-    }
-    if slurm.gpus_per_node is not None:
-        parameters["gpus_per_node"] = slurm.gpus_per_node
-    if slurm.mem_gb is not None:
-        parameters["mem_gb"] = slurm.mem_gb
-    for name in ("partition", "account", "qos"):
-        if getattr(slurm, name) is not None:
-            parameters[f"slurm_{name}"] = getattr(slurm, name)
-    if slurm.additional_parameters:
-        parameters["slurm_additional_parameters"] = dict(slurm.additional_parameters)
-    executor.update_parameters(**parameters)
+    executor.update_parameters(**slurm.submitit_parameters(slurm.job_name, config.nnodes))
     node_config = replace(config, launcher="local", nproc_per_node=nproc)
     job = executor.submit(slurm_node_main, entrypoint, args, node_config)
     logger.info(
