@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from sv_kedro.pipelines.supervised_training.settings import SYSTEMS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Shrinks each pipeline; keys of pipelines that are not registered are harmless extras.
@@ -55,16 +57,7 @@ TINY_PARAMS: dict[str, Any] = {
 }
 # Every supervised system: a handful of steps on half-second crops, batches no larger than
 # the 5 training speakers; the LR range test runs for one system so its plot exists.
-SUPERVISED_SYSTEMS = (
-    "wav2vec2_sv_ce",
-    "wav2vec2_sv_aam",
-    "wav2vec2_sv_bce",
-    "wav2vec2_sv_ctc",
-    "xvector",
-    "ecapa_tdnn",
-    "wavlm_mhfa_sv",
-)
-for _system in SUPERVISED_SYSTEMS:
+for _system in SYSTEMS:
     TINY_PARAMS.update(
         {
             f"{_system}.training.max_steps": 4,
