@@ -174,3 +174,7 @@ def test_inputs_shorter_than_the_cnns_receptive_field_are_named(encoder_config) 
     span = encoder.model.config.mask_time_length
     with pytest.raises(ValueError, match=rf"1 frame\(s\) per input, .*mask_time_length={span}"):
         encoder(torch.randn(1, need))
+    exactly_one_span = int(
+        encoder.output_lengths(torch.arange(need, 40 * need)).eq(span).nonzero()[0]
+    )
+    assert encoder(torch.randn(1, need + exactly_one_span)).frames.shape[1] == span

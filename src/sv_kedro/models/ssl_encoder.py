@@ -343,7 +343,7 @@ class SSLEncoder(nn.Module):
         hidden, _ = self.model.feature_projection(features)
         config = self.model.config
         if self.training and (config.mask_time_prob > 0 or config.mask_feature_prob > 0):
-            if config.mask_time_prob > 0 and frame_count <= config.mask_time_length:
+            if config.mask_time_prob > 0 and frame_count < config.mask_time_length:
                 # transformers' own error names its internal arguments only.
                 raise ValueError(
                     f"SSLEncoder: {frame_count} frame(s) per input, but SpecAugment masks spans "
