@@ -14,6 +14,7 @@ import torch
 from sv_kedro.api import model_from_checkpoint
 from sv_kedro.corpus.shards import write_webdataset_shards
 from sv_kedro.models.dino import (
+    DinoHead,
     DinoModel,
     DinoOutput,
     cosine_schedule,
@@ -236,3 +237,124 @@ def test_dino_data_values_out_of_range_name_the_key(
     with pytest.raises(ValueError, match=message):
         DinoLoaderFactory(config)
     DinoLoaderFactory({"manifest_path": str(tmp_path / "train.parquet"), "local_crops": 0})
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        # 0 trained without an error: no encoder output reached the loss (hidden_dim), or
+        # the loss was 0 with no gradient at all (n_prototypes).
+        ({"hidden_dim": 0}, r"dino\.model\.head\.hidden_dim must be >= 1, got 0"),
+        ({"n_prototypes": 0}, r"dino\.model\.head\.n_prototypes must be >= 1, got 0"),
+        ({"bottleneck_dim": -4}, r"dino\.model\.head\.bottleneck_dim must be >= 1, got -4"),
+        ({"hidden_dim": 2.5}, r"dino\.model\.head\.hidden_dim must be an integer, got 2\.5"),
+        ({"n_layers": "three"}, r"dino\.model\.head\.n_layers must be an integer"),
+        ({"n_prototypes": True}, r"dino\.model\.head\.n_prototypes must be an integer"),
+    ],
+)
+def test_head_sizes_that_are_not_whole_numbers_above_zero_name_the_key(
+    head: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        normalize_dino_config({"encoder": ENCODER, "head": head})
+    # The head itself refuses them too, for callers that build it directly.
+    with pytest.raises(ValueError, match=r"DINO head: \w+ must be an integer >= 1"):
+        DinoHead(16, **{**CONFIG["head"], **head})  # type: ignore[arg-type]
+    # Numbers given as text (``--params``) are converted, not refused.
+    assert (
+        normalize_dino_config({"encoder": ENCODER, "head": {"hidden_dim": "64"}})["head"][
+            "hidden_dim"
+        ]
+        == 64
+    )
+
+
+def test_model_sections_other_than_the_dino_wrapper_are_named() -> None:
+    where = "ssl_pseudo_labeling.dino.model"
+    with pytest.raises(ValueError, match=r"dino\.model\.architecture must be 'dino'"):
+        normalize_dino_config({"architecture": "ecapa_tdnn", "encoder": ENCODER}, where)
+    with pytest.raises(ValueError, match=r"ssl_pseudo_labeling\.dino\.model\.head must be a"):
+        normalize_dino_config({"encoder": ENCODER, "head": [256]}, where)
+    with pytest.raises(ValueError, match=r"ssl_pseudo_labeling\.dino\.model\.encoder\.ecapa"):
+        normalize_dino_config({"encoder": {**ENCODER, "ecapa": {"channels": 0}}}, where)
+    assert normalize_dino_config({"architecture": "dino", "encoder": ENCODER})["head"] == {
+        "hidden_dim": 512,
+        "bottleneck_dim": 128,
+        "n_prototypes": 4096,
+        "n_layers": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        # inf passed "> 0": uniform teacher targets, nothing to learn.
+        ({"teacher_temperature": math.inf}, r"teacher_temperature must be a finite number"),
+        ({"student_temperature": "inf"}, r"student_temperature must be a finite number, got inf"),
+        ({"teacher_temperature_start": "-inf"}, r"teacher_temperature_start must be > 0"),
+        # A falling ramp made the teacher follow the student ever closer.
+        (
+            {"ema_momentum": 0.999, "ema_momentum_end": 0.5},
+            r"dino\.task\.ema_momentum_end=0\.5 is below dino\.task\.ema_momentum=0\.999",
+        ),
+        # A negative warm-up was taken for none, a fraction for a step count.
+        ({"warmup_teacher_steps": -5}, r"warmup_teacher_steps must be >= 0, got -5"),
+        ({"warmup_teacher_steps": 2.5}, r"warmup_teacher_steps must be an integer, got 2\.5"),
+    ],
+)
+def test_task_values_that_trained_silently_wrong_are_refused(
+    task: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        DinoTask(task)
+
+
+def test_a_teacher_warmup_longer_than_the_run_is_refused_naming_the_key() -> None:
+    torch.manual_seed(0)
+    model = DinoModel(CONFIG)
+    batch = {"global": torch.randn(2, 2, 4000), "local": torch.randn(2, 2, 2000)}
+    config = {"warmup_teacher_steps": 10, "teacher_temperature_start": 0.02}
+    task = DinoTask(config, "ssl_pseudo_labeling.dino.task")
+    # 10 planned steps: the temperature would still be warming up when the run ends.
+    with pytest.raises(
+        ValueError,
+        match=r"ssl_pseudo_labeling\.dino\.task\.warmup_teacher_steps=10 does not end before "
+        r"the run's 10 optimiser steps \(ssl_pseudo_labeling\.dino\.training\.epochs",
+    ):
+        task.compute_loss(model, batch, TrainState(step=0, model=model, total_steps=10))
+    out = task.compute_loss(model, batch, TrainState(step=5, model=model, total_steps=11))
+    assert out.extra["teacher_temperature"] == pytest.approx(0.02 + 0.02 * 5 / 10)
+    assert DinoTask(config).teacher_temperature(10) == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # One view: the loop of the loss found no pair, and the error named no key.
+        (
+            {"global_crops": 1, "local_crops": 0},
+            r"dino\.data: DINO needs at least two views, got global_crops=1 and local_crops=0",
+        ),
+        # "Local" crops longer than the global ones (a swapped pair) trained without a word.
+        (
+            {"global_seconds": 1.5, "local_seconds": 3.0},
+            r"dino\.data\.local_seconds=3\.0 is longer than dino\.data\.global_seconds=1\.5",
+        ),
+        # Crops longer than the window they are cut from were that window repeated.
+        (
+            {"global_seconds": 20.0},
+            r"crops of 20\.0 s are longer than the dino\.data\.max_read_seconds=12\.0 s",
+        ),
+        ({"max_read_seconds": math.inf}, r"dino\.data\.max_read_seconds must be a finite"),
+    ],
+)
+def test_dino_crop_settings_that_cannot_work_are_refused_without_data(
+    data: dict[str, object], message: str
+) -> None:
+    from sv_kedro.systems.dino import checked_data_config
+
+    with pytest.raises(ValueError, match=message):
+        checked_data_config(data)
+    # Equal lengths and no local crops with two global ones are fine.
+    checked_data_config({"global_seconds": 2.0, "local_seconds": 2.0})
+    checked_data_config({"local_crops": 0, "local_seconds": 30.0})

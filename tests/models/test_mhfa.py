@@ -53,3 +53,37 @@ def test_mhfa_rejects_wrong_layer_count() -> None:
     states, mask = _states()
     with pytest.raises(ValueError, match="expected hidden states"):
         MHFA(16, 5)(states, mask)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ({"n_heads": 0}, r"MHFA: n_heads must be an integer >= 1, got 0"),
+        ({"compression_dim": -8}, r"MHFA: compression_dim must be an integer >= 1, got -8"),
+        # A float or a string failed inside nn.Linear with a message about tensor sizes.
+        ({"n_heads": 2.5}, r"MHFA: n_heads must be an integer >= 1, got 2\.5"),
+        ({"embedding_dim": "256"}, r"MHFA: embedding_dim must be an integer >= 1, got '256'"),
+        ({"num_layers": 0}, r"MHFA: num_layers must be an integer >= 1, got 0"),
+    ],
+)
+def test_mhfa_names_the_size_at_fault(sizes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MHFA(**{"dim": 16, "num_layers": 4, **sizes})  # type: ignore[arg-type]
+
+
+def test_ssl_mhfa_model_config_names_its_keys() -> None:
+    from sv_kedro.models.factory import normalize_model_config
+
+    base = {"architecture": "ssl_mhfa", "encoder": {"kind": "wavlm"}}
+    with pytest.raises(ValueError, match=r"model\.mhfa\.n_heads must be >= 1, got 0"):
+        normalize_model_config({**base, "mhfa": {"n_heads": 0}}, "model")
+    with pytest.raises(ValueError, match=r"model\.mhfa: unknown key\(s\) \['layers'\]"):
+        normalize_model_config({**base, "mhfa": {"layers": [1, 2]}}, "model")
+    # bool is an int in Python: ``n_classes: true`` built a one-class classifier.
+    with pytest.raises(ValueError, match=r"model\.n_classes must be a non-negative integer"):
+        normalize_model_config({**base, "n_classes": True}, "model")
+    assert normalize_model_config({**base, "mhfa": {"n_heads": "4"}}, "model")["mhfa"] == {
+        "compression_dim": 128,
+        "n_heads": 4,
+        "embedding_dim": 256,
+    }

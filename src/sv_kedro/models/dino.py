@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sv_kedro.models.factory import build_model, normalize_model_config
+from sv_kedro.utils.params import as_int
 
 HEAD_DEFAULTS: dict[str, Any] = {
     "hidden_dim": 512,
@@ -54,8 +55,17 @@ class DinoHead(nn.Module):
         n_layers: int = 3,
     ) -> None:
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"DINO head: n_layers must be >= 1, got {n_layers}")
+        sizes = {
+            "hidden_dim": hidden_dim,
+            "bottleneck_dim": bottleneck_dim,
+            "n_prototypes": n_prototypes,
+            "n_layers": n_layers,
+        }
+        for name, size in sizes.items():
+            # A zero width trains silently: hidden_dim 0 cuts the encoder off the loss,
+            # n_prototypes 0 gives a loss of 0 and no gradient at all.
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"DINO head: {name} must be an integer >= 1, got {size!r}")
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(n_layers - 1):
@@ -83,22 +93,46 @@ class DinoOutput(NamedTuple):
     teacher: Tensor
 
 
-def normalize_dino_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def normalize_dino_config(config: Mapping[str, Any], where: str = "dino.model") -> dict[str, Any]:
     """Validate ``{"encoder": {...}, "head": {...}}`` and fill in defaults (JSON-able).
 
     The encoder is an embedding-only ``build_model`` config (``n_classes`` forced to 0).
+    ``where`` is the parameter path of ``config`` for the errors
+    (``ssl_pseudo_labeling.dino.model``); every head size must be a whole number >= 1.
     """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {config!r}")
     unknown = sorted(set(config) - {"architecture", "encoder", "head"})
     if unknown:
-        raise ValueError(f"dino model config: unknown key(s) {unknown}; allowed: encoder, head")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: encoder, head")
+    # ``architecture`` is only there so that a checkpoint's config reads back; any other
+    # value (``ecapa_tdnn``, meant for the encoder) would be ignored without a word.
+    if config.get("architecture", "dino") != "dino":
+        raise ValueError(
+            f"{where}.architecture must be 'dino' (or left out), got "
+            f"{config['architecture']!r}; the encoder's architecture goes under "
+            f"{where}.encoder.architecture"
+        )
     if "encoder" not in config:
-        raise ValueError("dino model config: 'encoder' (a build_model config) is required")
-    encoder = normalize_model_config({**dict(config["encoder"]), "n_classes": 0}, "dino.encoder")
-    head = dict(config.get("head") or {})
-    bad = sorted(set(head) - set(HEAD_DEFAULTS))
+        raise ValueError(f"{where}: 'encoder' (a build_model config) is required")
+    encoder_config = config["encoder"]
+    if not isinstance(encoder_config, Mapping):
+        raise ValueError(f"{where}.encoder must be a mapping, got {encoder_config!r}")
+    encoder = normalize_model_config({**dict(encoder_config), "n_classes": 0}, f"{where}.encoder")
+    given = config.get("head") or {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{where}.head must be a mapping, got {given!r}")
+    bad = sorted(set(given) - set(HEAD_DEFAULTS))
     if bad:
-        raise ValueError(f"dino.head: unknown key(s) {bad}; allowed: {sorted(HEAD_DEFAULTS)}")
-    result = {"architecture": "dino", "encoder": encoder, "head": {**HEAD_DEFAULTS, **head}}
+        raise ValueError(f"{where}.head: unknown key(s) {bad}; allowed: {sorted(HEAD_DEFAULTS)}")
+    head = {**HEAD_DEFAULTS, **dict(given)}
+    for key in HEAD_DEFAULTS:
+        # "--params ...head.hidden_dim=0" would otherwise train: a zero-width MLP passes
+        # nothing of the encoder to the loss, zero prototypes give a loss of 0.
+        head[key] = as_int(head[key], f"{where}.head.{key}")
+        if head[key] < 1:
+            raise ValueError(f"{where}.head.{key} must be >= 1, got {head[key]}")
+    result = {"architecture": "dino", "encoder": encoder, "head": head}
     json.dumps(result)
     return result
 

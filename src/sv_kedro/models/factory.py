@@ -146,7 +146,9 @@ def normalize_model_config(
             f"(allowed: {sorted(allowed)})"
         )
     n_classes = config.get("n_classes")
-    if n_classes is not None and (not isinstance(n_classes, int) or n_classes < 0):
+    # bool is an int: ``n_classes: true`` would build a one-class classifier.
+    bad_type = isinstance(n_classes, bool) or not isinstance(n_classes, int)
+    if n_classes is not None and (bad_type or n_classes < 0):
         raise ValueError(f"{where}.n_classes must be a non-negative integer, got {n_classes!r}")
     result: dict[str, Any] = {"architecture": architecture, "n_classes": n_classes}
     if "encoder" in sections:

@@ -39,6 +39,12 @@ from torch.utils.data import DataLoader
 
 from sv_kedro.corpus.shards import check_shards_hold, shard_counts
 from sv_kedro.models.dino import cosine_schedule, dino_loss, normalize_dino_config
+from sv_kedro.systems.dino_settings import (
+    LOADER_DEFAULTS,
+    TASK_DEFAULTS,
+    checked_data_config,
+    checked_task_config,
+)
 from sv_kedro.systems.loaders import build_augmenter
 from sv_kedro.training.batches import ShardedShuffleBatchSampler, SkipBatches
 from sv_kedro.training.checkpoint import load_checkpoint
@@ -52,53 +58,15 @@ from sv_kedro.training.multicrop_data import (
 from sv_kedro.training.shard_data import shard_epoch_loader
 from sv_kedro.training.task import LoaderRequest, StepOutput, TrainState, unwrap_model
 from sv_kedro.utils.atomic import atomic_write_path
-from sv_kedro.utils.params import as_float, as_int
 
 logger = logging.getLogger(__name__)
-
-TASK_DEFAULTS: dict[str, float] = {
-    "student_temperature": 0.1,
-    "teacher_temperature": 0.04,
-    "teacher_temperature_start": 0.04,
-    "warmup_teacher_steps": 0,
-    "center_momentum": 0.9,
-    "ema_momentum": 0.996,
-    "ema_momentum_end": 1.0,
-}
-LOADER_DEFAULTS: dict[str, Any] = {
-    "batch_size": 32,
-    "global_crops": 2,
-    "global_seconds": 3.0,
-    "local_crops": 4,
-    "local_seconds": 1.5,
-    "max_read_seconds": 12.0,
-    "sample_rate": 16000,
-    "num_workers": 0,
-    "augmentation": None,
-    "shard_dir": None,  # read data_engineering's WebDataset shards instead of the files
-    "shuffle_buffer": 1000,  # with shard_dir: items shuffled within each worker's stream
-}
 
 
 class DinoLoaderFactory:
     """Each epoch's multi-crop ``DataLoader``; picklable for DDP workers."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        unknown = sorted(set(config) - set(LOADER_DEFAULTS) - {"manifest_path", "seed"})
-        if unknown:
-            raise ValueError(
-                f"dino data: unknown key(s) {unknown}; allowed: {sorted(LOADER_DEFAULTS)}"
-            )
-        self.config = {**LOADER_DEFAULTS, **dict(config)}
-        for key, default in LOADER_DEFAULTS.items():  # the defaults' types are the keys' types
-            number = as_int if isinstance(default, int) else as_float
-            if isinstance(default, (int, float)):
-                self.config[key] = number(self.config[key], f"dino.data.{key}")
-                lowest = 0 if key in ("local_crops", "num_workers") else 1
-                if isinstance(default, float) and not self.config[key] > 0:
-                    raise ValueError(f"dino.data.{key} must be > 0, got {self.config[key]}")
-                if isinstance(default, int) and self.config[key] < lowest:
-                    raise ValueError(f"dino.data.{key} must be >= {lowest}, got {self.config[key]}")
+        self.config = checked_data_config(config, extra_keys=("manifest_path", "seed"))
         manifest = pd.read_parquet(self.config["manifest_path"])
         seed = int(self.config.get("seed", 0))
         rate = int(self.config["sample_rate"])
@@ -184,21 +152,22 @@ class DinoTask:
     end together whatever the loader (files or shards, any number of workers) drops.
     """
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        unknown = sorted(set(config) - set(TASK_DEFAULTS))
-        if unknown:
-            raise ValueError(
-                f"dino task: unknown key(s) {unknown}; allowed {sorted(TASK_DEFAULTS)}"
-            )
-        merged = {**TASK_DEFAULTS, **dict(config)}
-        self.config = {k: as_float(v, f"dino.task.{k}") for k, v in merged.items()}
-        for key in ("student_temperature", "teacher_temperature", "teacher_temperature_start"):
-            if not self.config[key] > 0:
-                raise ValueError(f"dino.task.{key} must be > 0, got {self.config[key]}")
-        for key in ("center_momentum", "ema_momentum", "ema_momentum_end"):
-            if not 0 <= self.config[key] <= 1:
-                raise ValueError(f"dino.task.{key} must be within [0, 1], got {self.config[key]}")
+    def __init__(self, config: Mapping[str, Any], where: str = "dino.task") -> None:
+        self.where = where
+        self.config = checked_task_config(config, where)
         self.teacher_step = 0  # optimiser steps already folded into the teacher
+
+    def check_run_length(self, total_steps: int | None) -> None:
+        """Refuse a teacher-temperature warm-up that does not end within the run's planned
+        optimiser steps: teacher_temperature would never be used, and nothing says so."""
+        warmup = int(self.config["warmup_teacher_steps"])
+        if total_steps and warmup >= total_steps:
+            training = f"{self.where.rpartition('.')[0] or 'dino'}.training"
+            raise ValueError(
+                f"{self.where}.warmup_teacher_steps={warmup} does not end before the run's "
+                f"{total_steps} optimiser steps ({training}.epochs / max_steps), so "
+                f"{self.where}.teacher_temperature would never be reached; lower it"
+            )
 
     def teacher_temperature(self, step: int) -> float:
         warmup = int(self.config["warmup_teacher_steps"])
@@ -219,6 +188,7 @@ class DinoTask:
 
     def compute_loss(self, model: Any, batch: Mapping[str, Any], state: TrainState) -> StepOutput:
         inner = unwrap_model(state.model if state.model is not None else model)
+        self.check_run_length(state.total_steps)
         # The teacher follows the student of the previous optimiser step (one EMA update per
         # step, whatever the gradient accumulation); the count survives a resume.
         while self.teacher_step < state.step:
@@ -255,8 +225,9 @@ class DinoTask:
 
 
 def build_dino_task(config: Mapping[str, Any]) -> DinoTask:
-    """``{"dino": {...}}`` -> ``DinoTask`` (``TrainingJob.task_builder``)."""
-    return DinoTask(config.get("dino") or {})
+    """``{"dino": {...}, "where": "<parameter path>"}`` -> ``DinoTask``
+    (``TrainingJob.task_builder``)."""
+    return DinoTask(config.get("dino") or {}, config.get("where", "dino.task"))
 
 
 def build_dino_loader(config: Mapping[str, Any]) -> DinoLoaderFactory:
@@ -272,6 +243,7 @@ def train_dino(
     data: Mapping[str, Any],
     run: Mapping[str, Any],
     distributed: Mapping[str, Any] | None = None,
+    where: str = "dino",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Train DINO on ``manifest``'s audio (``utt_id``, ``path``, ``num_frames``,
     ``sample_rate`` only: no speaker column is read) and return ``(checkpoint, metrics)``.
@@ -279,6 +251,8 @@ def train_dino(
     ``model``: the ``DinoModel`` config (``encoder`` + ``head``); ``dino``: the task config;
     ``training``: ``TrainConfig`` keys; ``data``: loader keys (crops, batch, augmentation);
     ``run``: ``{"work_dir", "resume"}``. Re-running resumes from ``work_dir``'s ``last.pt``.
+    ``where``: the parameter path of these settings, for the errors
+    (``ssl_pseudo_labeling.dino``).
     """
     work = Path(run["work_dir"])
     columns = [
@@ -302,8 +276,8 @@ def train_dino(
         loader_builder="sv_kedro.systems.dino:build_dino_loader",
         checkpoint_dir=str(work / "checkpoints"),
         train_config=dict(training),
-        model_config=normalize_dino_config(model),
-        task_config={"dino": dict(dino)},
+        model_config=normalize_dino_config(model, f"{where}.model"),
+        task_config={"dino": dict(dino), "where": f"{where}.task"},
         loader_config={
             **copy.deepcopy(dict(data)),
             "manifest_path": str(manifest_path),
@@ -324,11 +298,15 @@ def _world_size(config: DistributedConfig) -> int:
 
 
 __all__ = [
+    "LOADER_DEFAULTS",
+    "TASK_DEFAULTS",
     "DinoLoaderFactory",
     "DinoTask",
     "MultiCropDataset",
     "build_dino_loader",
     "build_dino_task",
+    "checked_data_config",
+    "checked_task_config",
     "collate_multicrop",
     "train_dino",
 ]

@@ -100,6 +100,7 @@ def train_dino_encoder(
         dino.get("data") or {},
         {"work_dir": str(work_dir), "resume": run.get("resume", True)},
         run.get("distributed"),
+        where="ssl_pseudo_labeling.dino",  # errors of the workers name the full key
     )
     encoder = encoder_checkpoint_payload(payload, dino.get("export", "teacher"))
     return encoder, metrics

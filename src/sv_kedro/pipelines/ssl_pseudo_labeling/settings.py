@@ -1,12 +1,15 @@
-"""Up-front checks of the clustering's, the fine-tuning rounds' and LMFT's settings.
+"""Up-front checks of DINO's, the clustering's, the fine-tuning rounds' and LMFT's settings.
 
-Clustering and the rounds read their settings only when their node runs, after DINO and
-extraction: a wrong value there (``lmft.training.lr=-1``, ``clustering.k1=abc``) would fail
-tens of minutes into a run. ``check_stage_settings`` builds each part's checked form (no
+Each part reads its settings only when its node runs: DINO's in its training workers, the
+others after DINO and extraction. A wrong value there (``dino.task.teacher_temperature=0``,
+``lmft.training.lr=-1``, ``clustering.k1=abc``) would fail minutes to hours into a run, and
+some would not fail at all. ``check_stage_settings`` builds each part's checked form (no
 weights, no data) when the session starts, through the same code the nodes use, and names
-the stage in the error. A fixed ``clustering.k2`` is also checked against each round's
+the part in the error. A fixed ``clustering.k2`` is also checked against each round's
 ``data.batch_size`` (its batches hold that many distinct pseudo-speakers); with ``k2: auto``
-the round checks the count it gets.
+the round checks the count it gets. Settings of different parts that must agree are
+compared too (see :mod:`.dino_settings`): DINO's crops, audio rate and encoder against the
+extraction and the rounds that use them, and LMFT's model against the rounds'.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from typing import Any
 
 from sv_kedro.clustering.settings import check_speakers_fill_a_batch, checked_clustering
 from sv_kedro.models.factory import normalize_model_config
+from sv_kedro.pipelines.ssl_pseudo_labeling.dino_settings import (
+    check_dino_settings,
+    check_round_one_fits_dino,
+    check_same_model,
+)
 from sv_kedro.pipelines.ssl_pseudo_labeling.nodes import (
     CLASSIFIER_STARTS,
     ROUND_STARTS,
@@ -31,9 +39,10 @@ NAMESPACE = "ssl_pseudo_labeling"
 
 
 def check_stage_settings(section: Mapping[str, Any]) -> None:
-    """Refuse (``ValueError`` naming ``ssl_pseudo_labeling.<part>``) clustering, round or
-    LMFT settings that their node would refuse; LMFT is checked as it runs, i.e.
-    ``finetune`` with ``lmft``'s overrides."""
+    """Refuse (``ValueError`` naming ``ssl_pseudo_labeling.<part>``) DINO, clustering, round
+    or LMFT settings that their node would refuse or that disagree with each other; LMFT is
+    checked as it runs, i.e. ``finetune`` with ``lmft``'s overrides."""
+    dino_encoder = check_dino_settings(section)
     k2: int | str | None = None
     if section.get("clustering") is not None:  # absent: the key check names it
         k2 = checked_clustering(section["clustering"], f"{NAMESPACE}.clustering").k2
@@ -47,6 +56,18 @@ def check_stage_settings(section: Mapping[str, Any]) -> None:
         stages[f"{NAMESPACE}.lmft"] = (f"{NAMESPACE}.lmft (finetune with lmft's overrides)", merged)
     for key, (where, config) in stages.items():
         _check_stage(where, config)
+        if key.endswith(".lmft") and "model" in finetune:
+            # LMFT starts from the last round's weights; a model it changes (sizes, encoder)
+            # would load only the tensors whose shapes agree and start the rest at random.
+            check_same_model(
+                config["model"],
+                f"{NAMESPACE}.lmft.model",
+                finetune["model"],
+                f"{NAMESPACE}.finetune.model",
+                "LMFT starts from the last round's weights",
+                "make ssl_pseudo_labeling.lmft.model leave the model's sizes and encoder as "
+                "the rounds have them",
+            )
         if isinstance(k2, int):
             check_speakers_fill_a_batch(
                 k2,
@@ -54,6 +75,8 @@ def check_stage_settings(section: Mapping[str, Any]) -> None:
                 f"{key}.data.batch_size",
                 f"{NAMESPACE}.clustering.k2={k2}",
             )
+    if dino_encoder is not None:
+        check_round_one_fits_dino(dino_encoder, finetune)
 
 
 def _check_stage(where: str, config: Mapping[str, Any]) -> None:
