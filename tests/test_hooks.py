@@ -108,3 +108,43 @@ def test_kedro_run_prints_the_refusal_itself_not_a_traceback(kedro_project: Path
     assert "Error: --params: key(s) not in the base configuration: " in output
     assert "(did you mean ssl_pseudo_labeling.n_iterations?)" in output
     assert "Traceback" not in output and "ParamsError" not in output
+
+
+def test_the_hooks_read_the_parameters_once_per_session(kedro_project: Path, monkeypatch):
+    # Each read of the configuration takes a noticeable fraction of a second.
+    from kedro.config import OmegaConfigLoader
+
+    from sv_kedro.pipelines import ssl_pseudo_labeling
+
+    reads = []
+    read = OmegaConfigLoader.__getitem__
+
+    def counted(loader, key):
+        reads.append(key)
+        return read(loader, key)
+
+    monkeypatch.setattr(OmegaConfigLoader, "__getitem__", counted)
+    bootstrap_project(kedro_project)
+    with KedroSession.create(project_path=kedro_project) as session:
+        session.load_context()
+    assert reads.count("parameters") == 1
+    assert ssl_pseudo_labeling.n_iterations() == 2  # PipelineShapeHook read it too
+
+
+def test_the_rounds_model_must_fit_dino_only_where_a_round_starts_from_it(kedro_project: Path):
+    from kedro.framework.project import pipelines
+
+    from sv_kedro.hooks import ParameterCheckHook, rounds_start_from_dino
+
+    bootstrap_project(kedro_project)
+    params = {"ssl_pseudo_labeling": {"dino": {"model": {"encoder": {"ecapa": {"channels": 32}}}}}}
+    with KedroSession.create(project_path=kedro_project, runtime_params=params) as session:
+        context = session.load_context()  # starts: which pipeline runs is not known yet
+    hook = ParameterCheckHook()
+    hook.after_context_created(context)
+    with_dino = pipelines["ssl_pseudo_labeling"]
+    external = pipelines["ssl_pseudo_labeling_external"]
+    assert rounds_start_from_dino(with_dino) and not rounds_start_from_dino(external)
+    hook.before_pipeline_run({}, external, None)  # round 1 trains from scratch there
+    with pytest.raises(ParamsError, match=r"\(ecapa\.channels: 64 vs 32\), but round 1 starts"):
+        hook.before_pipeline_run({}, with_dino, None)

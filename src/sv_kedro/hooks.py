@@ -38,10 +38,27 @@ from sv_kedro.pipelines.ssl_pseudo_labeling.pipeline import (
     NAMESPACE,
     check_section,
 )
+from sv_kedro.pipelines.ssl_pseudo_labeling.settings import check_rounds_fit_dino
 from sv_kedro.pipelines.supervised_training.settings import check_supervised_settings
 from sv_kedro.utils.params import misspelt_keys
 
 log = logging.getLogger(__name__)
+
+
+_PARAMETERS_ATTRIBUTE = "_sv_kedro_parameters"
+
+
+def _session_parameters(context: KedroContext) -> dict[str, Any]:
+    """``context.config_loader["parameters"]`` (base, ``--env`` and ``--params`` merged),
+    read once per context: both hooks below need it before any node runs, and each read
+    of the configuration takes a noticeable fraction of a second. Callers must not change
+    it. Kedro's own ``context.params`` is not used: it would build (and validate) the
+    pipelines before :class:`PipelineShapeHook` has set their shape."""
+    parameters = getattr(context, _PARAMETERS_ATTRIBUTE, None)
+    if parameters is None:
+        parameters = context.config_loader["parameters"]
+        setattr(context, _PARAMETERS_ATTRIBUTE, parameters)
+    return parameters
 
 
 def _forget_built_pipelines() -> None:
@@ -79,14 +96,37 @@ class ParameterCheckHook:
                 raise ParamsError(
                     f"--params: key(s) not in the {loader.env or 'base'} configuration: {listed}"
                 )
-        parameters = loader["parameters"]
+        parameters = _session_parameters(context)
         section = parameters.get(NAMESPACE)
+        self._section = section if isinstance(section, Mapping) else None
         try:
-            if isinstance(section, Mapping):
-                check_section(section)
+            if self._section is not None:
+                # Whether the rounds start from DINO depends on the pipeline: see below.
+                check_section(self._section, rounds_start_from_dino=False)
             check_supervised_settings(parameters)
         except ValueError as exc:
             raise ParamsError(str(exc)) from exc
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Pipeline, catalog) -> None:
+        """Where a round of the pipeline to run starts from the DINO checkpoint, its model
+        must be the DINO encoder (``ssl_pseudo_labeling_external`` has no DINO)."""
+        section = getattr(self, "_section", None)
+        if section is None or not rounds_start_from_dino(pipeline):
+            return
+        try:
+            check_rounds_fit_dino(section)
+        except ValueError as exc:
+            raise ParamsError(str(exc)) from exc
+
+
+def rounds_start_from_dino(pipeline: Pipeline) -> bool:
+    """Whether a fine-tuning round of ``pipeline`` loads the DINO encoder's checkpoint."""
+    dino = f"{NAMESPACE}.dino.checkpoint"
+    return any(
+        node.name.endswith(".fine_tune_on_pseudo_labels") and dino in node.inputs
+        for node in pipeline.nodes
+    )
 
 
 class PipelineShapeHook:
@@ -94,7 +134,7 @@ class PipelineShapeHook:
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
-        section = context.config_loader["parameters"].get(NAMESPACE) or {}
+        section = _session_parameters(context).get(NAMESPACE) or {}
         rounds = DEFAULT_ITERATIONS
         if isinstance(section, Mapping):
             rounds = section.get("n_iterations", DEFAULT_ITERATIONS)

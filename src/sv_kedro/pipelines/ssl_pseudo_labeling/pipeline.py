@@ -63,11 +63,12 @@ SECTION_KEYS[f"{NAMESPACE}.lmft"] = SECTION_KEYS[f"{NAMESPACE}.finetune"]
 DINO_EXPORTS = ("teacher", "student")
 
 
-def check_section(section: Mapping[str, Any]) -> None:
+def check_section(section: Mapping[str, Any], rounds_start_from_dino: bool = True) -> None:
     """Refuse unknown keys in ``ssl_pseudo_labeling`` and in its run / dino / finetune /
     lmft parts, a ``dino.export`` that is neither network, and settings the rounds or LMFT
     would refuse, before anything runs (the nodes read these parts with ``.get``, so a
-    misspelt key would be ignored, and the rounds run late)."""
+    misspelt key would be ignored, and the rounds run late). ``rounds_start_from_dino``:
+    see :func:`.settings.check_stage_settings`."""
     check_keys(section, SECTION_KEYS[NAMESPACE], NAMESPACE)
     for part in ("run", "dino", "finetune", "lmft"):
         values = section.get(part)
@@ -77,7 +78,7 @@ def check_section(section: Mapping[str, Any]) -> None:
     export = (section.get("dino") or {}).get("export", "teacher")
     if export not in DINO_EXPORTS:
         raise ValueError(f"{NAMESPACE}.dino.export must be one of {DINO_EXPORTS}, got {export!r}")
-    check_stage_settings(section)
+    check_stage_settings(section, rounds_start_from_dino)
 
 
 def check_iterations(value: object) -> int:

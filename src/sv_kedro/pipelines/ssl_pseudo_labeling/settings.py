@@ -38,10 +38,15 @@ from sv_kedro.utils.params import as_bool
 NAMESPACE = "ssl_pseudo_labeling"
 
 
-def check_stage_settings(section: Mapping[str, Any]) -> None:
+def check_stage_settings(section: Mapping[str, Any], rounds_start_from_dino: bool = True) -> None:
     """Refuse (``ValueError`` naming ``ssl_pseudo_labeling.<part>``) DINO, clustering, round
     or LMFT settings that their node would refuse or that disagree with each other; LMFT is
-    checked as it runs, i.e. ``finetune`` with ``lmft``'s overrides."""
+    checked as it runs, i.e. ``finetune`` with ``lmft``'s overrides.
+
+    ``rounds_start_from_dino``: also compare the rounds' model with the DINO encoder
+    (:func:`check_rounds_fit_dino`). Only a pipeline whose rounds load the DINO checkpoint
+    needs it: ``ssl_pseudo_labeling_external`` has none and trains round 1 from scratch.
+    """
     dino_encoder = check_dino_settings(section)
     k2: int | str | None = None
     if section.get("clustering") is not None:  # absent: the key check names it
@@ -75,8 +80,16 @@ def check_stage_settings(section: Mapping[str, Any]) -> None:
                 f"{key}.data.batch_size",
                 f"{NAMESPACE}.clustering.k2={k2}",
             )
-    if dino_encoder is not None:
+    if rounds_start_from_dino and dino_encoder is not None:
         check_round_one_fits_dino(dino_encoder, finetune)
+
+
+def check_rounds_fit_dino(section: Mapping[str, Any]) -> None:
+    """Refuse a rounds' model that the DINO encoder's weights do not fit (checked where the
+    pipeline to run has rounds that start from the DINO checkpoint)."""
+    encoder = check_dino_settings(section)
+    if encoder is not None:
+        check_round_one_fits_dino(encoder, section.get("finetune") or {})
 
 
 def _check_stage(where: str, config: Mapping[str, Any]) -> None:
