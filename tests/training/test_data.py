@@ -16,6 +16,7 @@ from sv_kedro.training.data import (
     EvaluationDataset,
     PairDataset,
     SpeakerDataset,
+    _pad,
     bucket_by_length,
     collate_evaluation,
     collate_padded,
@@ -96,6 +97,20 @@ def test_whole_utterances_padded_to_longest(manifest):
     assert batch["labels"].tolist() == [-1, -1, -1]
     assert torch.all(batch["waves"][0, lengths[0] :] == 0)
     assert "clean" not in batch
+
+
+def test_equal_length_crops_stack_to_the_batch_that_padding_gives():
+    rng = np.random.default_rng(0)
+    crops = [rng.standard_normal(50).astype(np.float32) for _ in range(3)]
+    stacked, lengths = _pad(crops)
+    padded, _ = _pad([torch.from_numpy(crop) for crop in crops])  # tensors: row by row
+    assert stacked.dtype == torch.float32 and torch.equal(stacked, padded)
+    assert lengths.tolist() == [50, 50, 50]
+    # Other lengths or dtypes take the row-by-row path: zero-padded, cast to float32.
+    mixed, lengths = _pad([crops[0], crops[1][:40], crops[2].astype(np.float64)])
+    assert lengths.tolist() == [50, 40, 50] and mixed.dtype == torch.float32
+    assert torch.all(mixed[1, 40:] == 0) and torch.equal(mixed[1, :40], padded[1, :40])
+    assert torch.equal(mixed[2], padded[2])
 
 
 def test_items_deterministic_across_workers_and_epochs(manifest):

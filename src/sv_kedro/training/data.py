@@ -152,10 +152,26 @@ class SpeakerDataset(Dataset):
 
 def _pad(waves: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+    if _same_length_float32(waves):
+        # Fixed-length training crops: one stack instead of a zero fill and a copy per row
+        # (into a tensor torch allocated, which loader workers can move to shared memory).
+        batch = torch.empty(len(waves), len(waves[0]), dtype=torch.float32)
+        np.stack(waves, out=batch.numpy())
+        return batch, lengths
     batch = torch.zeros(len(waves), int(lengths.max()) if len(waves) else 0, dtype=torch.float32)
     for row, wave in enumerate(waves):
         batch[row, : len(wave)] = torch.as_tensor(wave, dtype=torch.float32)
     return batch, lengths
+
+
+def _same_length_float32(waves: Sequence[np.ndarray | torch.Tensor]) -> bool:
+    if not waves:
+        return False
+    length = len(waves[0])
+    return all(
+        isinstance(w, np.ndarray) and w.ndim == 1 and w.dtype == np.float32 and len(w) == length
+        for w in waves
+    )
 
 
 def collate_padded(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
