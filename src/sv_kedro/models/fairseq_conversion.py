@@ -27,7 +27,8 @@ Skipped knowingly (pre-training or fine-tuning heads, not part of the encoder):
 weight left without a value is reported as missing and is an error (``masked_spec_embed``
 excepted: it only matters for SpecAugment and keeps its random init). Before that, a
 checkpoint of the other kind (WavLM weights with ``kind: wav2vec2``, or the reverse) is
-refused naming the kind to set.
+refused naming the kind to set (reading the file and that check:
+:mod:`sv_kedro.models.fairseq_checkpoint`).
 """
 
 from __future__ import annotations
@@ -35,21 +36,17 @@ from __future__ import annotations
 import argparse
 import ast
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from sv_kedro.models.encoder_loading import ENCODER_KINDS, apply_settings, instantiate
-from sv_kedro.training.checkpoint_diagnosis import (
-    REFUSED_GLOBAL,
-    refusal_detail,
-    unreadable_reason,
-    zip_member_damage,
+from sv_kedro.models.fairseq_checkpoint import (
+    FINETUNED_PREFIX,
+    check_fairseq_kind,
+    read_fairseq_checkpoint,
 )
 
 SKIPPED_PREFIXES: tuple[str, ...] = (
@@ -61,7 +58,6 @@ SKIPPED_PREFIXES: tuple[str, ...] = (
     "w2v_encoder.proj",
 )
 OPTIONAL_TARGETS: tuple[str, ...] = ("masked_spec_embed",)
-FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 
 # (fairseq regex, transformers template); "{0}" is the layer index captured by the regex.
 _LAYER_RULES: tuple[tuple[str, str], ...] = (
@@ -74,12 +70,6 @@ _LAYER_RULES: tuple[tuple[str, str], ...] = (
     (r"fc2\.(weight|bias)", "feed_forward.output_dense.{1}"),
     (r"final_layer_norm\.(weight|bias)", "final_layer_norm.{1}"),
 )
-# Weights only WavLM's attention has (relative position bias, gated relative position);
-# wav2vec2 (and HuBERT) layers have none, and WavLMModel cannot be built without them.
-_WAVLM_WEIGHT = re.compile(
-    r"encoder\.layers\.\d+\.self_attn\.(relative_attention_bias|grep_linear|grep_a)\b.*"
-)
-_ATTENTION_WEIGHT = re.compile(r"encoder\.layers\.\d+\.self_attn\..+")
 _TOP_RULES: dict[str, str] = {
     "post_extract_proj.weight": "feature_projection.projection.weight",
     "post_extract_proj.bias": "feature_projection.projection.bias",
@@ -190,35 +180,6 @@ def convert_state_dict(
         raise ValueError("fairseq conversion failed: " + "; ".join(problems))
     model.load_state_dict(new_state, strict=False)
     return report
-
-
-def fairseq_checkpoint_kind(fairseq_state: Mapping[str, Any]) -> tuple[str | None, str]:
-    """The encoder kind whose model ``fairseq_state`` fits, judged by its weight names, and
-    why; ``(None, "")`` when it has no transformer layers to judge by."""
-    names = [str(name).removeprefix(FINETUNED_PREFIX) for name in fairseq_state]
-    wavlm = next((name for name in names if _WAVLM_WEIGHT.fullmatch(name)), None)
-    if wavlm is not None:
-        return "wavlm", f"it has WavLM's relative position weights ({wavlm})"
-    if any(_ATTENTION_WEIGHT.fullmatch(name) for name in names):
-        return "wav2vec2", (
-            "its attention layers have none of WavLM's relative position weights "
-            "(self_attn.relative_attention_bias, self_attn.grep_linear, self_attn.grep_a)"
-        )
-    return None, ""
-
-
-def check_fairseq_kind(fairseq_state: Any, kind: str, source: str, where: str = "encoder") -> None:
-    """Refuse a checkpoint of the other kind, which would otherwise fail conversion with a
-    list of unconsumed or missing keys that does not say the cause."""
-    if not isinstance(fairseq_state, Mapping):
-        return  # conversion reports what is wrong with it
-    detected, evidence = fairseq_checkpoint_kind(fairseq_state)
-    if detected is None or detected == kind:
-        return
-    raise ValueError(
-        f"{where}.kind is {kind} but {source} looks like a {detected} checkpoint ({evidence}); "
-        f"set {where}.kind: {detected}"
-    )
 
 
 def hf_to_fairseq_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -371,73 +332,6 @@ def hf_config_from_fairseq(kind: str, model_cfg: Mapping[str, Any]):
         values["num_buckets"] = int(model_cfg.get("num_buckets", 320))
         values["max_bucket_distance"] = int(model_cfg.get("max_distance", 800))
     return config_class(**values)
-
-
-def read_fairseq_checkpoint(
-    path: str | Path, allow_pickle: bool = False, where: str = "encoder"
-) -> dict[str, Any]:
-    """Load a torch checkpoint on CPU. Tries the safe loader first (allowing
-    ``argparse.Namespace``); full unpickling only with ``allow_pickle`` (trusted files).
-    Errors name ``<where>.pretrained`` and the file, and tell a damaged file from one that
-    holds pickled objects."""
-    path = Path(path)
-    key = f"{where}.pretrained"
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}: fairseq checkpoint not found: {path}")
-    damage = checkpoint_file_damage(path)
-    if damage:
-        raise ValueError(f"{key}: {path} is not a readable torch checkpoint: {damage}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        checkpoint = _load_refused(path, error, allow_pickle, where)
-    if not isinstance(checkpoint, Mapping) or "model" not in checkpoint:
-        raise ValueError(
-            f"{key}: {path} is not a fairseq checkpoint (expected a dict with a 'model' key)"
-        )
-    return dict(checkpoint)
-
-
-def checkpoint_file_damage(path: Path) -> str | None:
-    """Why ``path`` cannot be a torch checkpoint (empty, truncated, not torch data);
-    ``None`` when it looks intact. Zip archives are checked member by member (CRC)."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not head:
-        return "the file is empty (truncated?)"
-    if head.startswith(b"\x80"):
-        return None  # torch's legacy pickle format: only loading can check it
-    if not head.startswith(b"PK\x03\x04"):
-        return (
-            "corrupt, truncated or not a torch file: neither a zip archive nor a pickle "
-            f"stream (it starts with {head!r})"
-        )
-    if not zipfile.is_zipfile(path):
-        return "corrupt or truncated zip archive (its central directory cannot be read)"
-    return zip_member_damage(path)
-
-
-def _load_refused(path: Path, error: Exception, allow_pickle: bool, where: str) -> Any:
-    """After the safe loader failed: a damaged file is reported as such; only an intact
-    file holding pickled objects is unpickled (``allow_pickle``) or sent back with advice."""
-    key = f"{where}.pretrained"
-    if REFUSED_GLOBAL.search(str(error)) is None:
-        raise ValueError(f"{key}: {unreadable_reason(path, str(path), error)}") from error
-    if not allow_pickle:
-        raise ValueError(
-            f"{key}: {path}: the safe loader refused this checkpoint: it holds pickled "
-            f"objects other than tensors and plain data ({refusal_detail(error)}) If you "
-            f"trust the file, set {where}.allow_pickle: true to unpickle it fully."
-        ) from error
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (ImportError, AttributeError) as missing:
-        raise ValueError(
-            f"{key}: {path}: unpickling needs code that is not installed ({missing})"
-        ) from missing
-    except Exception as failure:
-        raise ValueError(f"{key}: {unreadable_reason(path, str(path), failure)}") from failure
 
 
 def load_fairseq_model(
