@@ -156,6 +156,7 @@ class DinoTask:
         self.where = where
         self.config = checked_task_config(config, where)
         self.teacher_step = 0  # optimiser steps already folded into the teacher
+        self._checked_steps: int | None = None  # the run length check_run_length passed
 
     def check_run_length(self, total_steps: int | None) -> None:
         """Refuse a teacher-temperature warm-up that does not end within the run's planned
@@ -188,7 +189,9 @@ class DinoTask:
 
     def compute_loss(self, model: Any, batch: Mapping[str, Any], state: TrainState) -> StepOutput:
         inner = unwrap_model(state.model if state.model is not None else model)
-        self.check_run_length(state.total_steps)
+        if state.total_steps != self._checked_steps:  # once per run, not every step
+            self.check_run_length(state.total_steps)
+            self._checked_steps = state.total_steps
         # The teacher follows the student of the previous optimiser step (one EMA update per
         # step, whatever the gradient accumulation); the count survives a resume.
         while self.teacher_step < state.step:
