@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sv_kedro.models.factory import build_model, normalize_model_config
-from sv_kedro.utils.params import as_int
+from sv_kedro.utils.params import as_int, check_sizes
 
 HEAD_DEFAULTS: dict[str, Any] = {
     "hidden_dim": 512,
@@ -55,17 +55,17 @@ class DinoHead(nn.Module):
         n_layers: int = 3,
     ) -> None:
         super().__init__()
-        sizes = {
-            "hidden_dim": hidden_dim,
-            "bottleneck_dim": bottleneck_dim,
-            "n_prototypes": n_prototypes,
-            "n_layers": n_layers,
-        }
-        for name, size in sizes.items():
-            # A zero width trains silently: hidden_dim 0 cuts the encoder off the loss,
-            # n_prototypes 0 gives a loss of 0 and no gradient at all.
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"DINO head: {name} must be an integer >= 1, got {size!r}")
+        # A zero width trains silently: hidden_dim 0 cuts the encoder off the loss,
+        # n_prototypes 0 gives a loss of 0 and no gradient at all.
+        check_sizes(
+            "DINO head",
+            {
+                "hidden_dim": hidden_dim,
+                "bottleneck_dim": bottleneck_dim,
+                "n_prototypes": n_prototypes,
+                "n_layers": n_layers,
+            },
+        )
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(n_layers - 1):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sv_kedro.models.masking import masked_softmax
+from sv_kedro.utils.params import check_sizes
 
 
 class MHFA(nn.Module):
@@ -32,17 +33,16 @@ class MHFA(nn.Module):
         embedding_dim: int = 256,
     ) -> None:
         super().__init__()
-        sizes = {
-            "dim": dim,
-            "num_layers": num_layers,
-            "compression_dim": compression_dim,
-            "n_heads": n_heads,
-            "embedding_dim": embedding_dim,
-        }
-        for name, size in sizes.items():
-            # Name the size at fault: a float or a string fails deep inside nn.Linear.
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ValueError(f"MHFA: {name} must be an integer >= 1, got {size!r}")
+        check_sizes(
+            "MHFA",
+            {
+                "dim": dim,
+                "num_layers": num_layers,
+                "compression_dim": compression_dim,
+                "n_heads": n_heads,
+                "embedding_dim": embedding_dim,
+            },
+        )
         self.dim = dim
         self.num_layers = num_layers  # L+1 hidden states
         self.n_heads = n_heads

@@ -47,6 +47,14 @@ def as_int(value: Any, key: str, error: type[Exception] = ValueError) -> int:
     raise error(f"{key} must be an integer, got {value!r}")
 
 
+def check_sizes(owner: str, sizes: Mapping[str, Any]) -> None:
+    """Refuse, naming ``owner`` and the size, any of ``sizes`` that is not an integer >= 1
+    (a float or string fails deep inside ``nn.Linear``; a zero width can train silently)."""
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{owner}: {name} must be an integer >= 1, got {size!r}")
+
+
 def as_float(value: Any, key: str, error: type[Exception] = ValueError) -> float:
     """``value`` as a float: numbers and numeric strings; anything else raises ``error``."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
